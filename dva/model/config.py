@@ -1,0 +1,88 @@
+"""Model configs: one dataclass, named presets (`tiny` for tests, `s` the CPU-real-time default,
+`m` a GPU preset under 30M parameters including the IDM).
+
+Sizes of `s` are chosen from measured CPU latency (2-core CPU, fp32, batch 1; docs/model.md):
+the decoder works at 48x48 (space-to-depth), where every sampler step is the dominant cost.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DVAConfig:
+    name: str = "s"
+    img: int = 96  # frames are img x img RGB; the decoder works at img/2 via space-to-depth
+    # encoder: channels per level at 48, 24, 12 px; tokens come from a token_grid x token_grid pool
+    enc_ch: tuple[int, ...] = (32, 64, 128)
+    token_grid: int = 4  # N = token_grid**2 tokens per frame
+    # causal transformer over frames
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    window: int = 8  # ring KV cache size W (frames); training with L <= W+1 never exceeds it
+    rope_base: float = 10000.0
+    # flow-matching U-Net decoder: channels per level at 48, 24, 12 px, res blocks per level
+    dec_ch: tuple[int, ...] = (32, 64, 128)
+    dec_blocks: int = 1
+    cond_dim: int = 256  # width of the (tau, context, action) modulation vector
+    action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
+    sampler_steps: int = 4
+    # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
+    idm_ch: tuple[int, ...] = (32, 64, 128, 128)
+    groups: int = 8  # GroupNorm groups everywhere
+    backend: str = "auto"  # dvakern backend: 'ref' | 'triton' | 'auto'
+
+    def __post_init__(self):
+        self.enc_ch = tuple(int(c) for c in self.enc_ch)
+        self.dec_ch = tuple(int(c) for c in self.dec_ch)
+        self.idm_ch = tuple(int(c) for c in self.idm_ch)
+        if self.img % 16:
+            raise ValueError(f"img must be a multiple of 16, got {self.img}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} even-sized heads")
+        if len(self.enc_ch) != len(self.dec_ch):
+            raise ValueError("enc_ch and dec_ch need the same number of levels (the encoder feeds skips)")
+        for c in self.enc_ch + self.dec_ch + self.idm_ch:
+            if c % self.groups:
+                raise ValueError(f"channel count {c} is not divisible by groups={self.groups}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.backend not in ("ref", "triton", "auto"):
+            raise ValueError(f"backend must be 'ref', 'triton' or 'auto', got {self.backend!r}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.token_grid**2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DVAConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown DVAConfig fields {unknown}")
+        return cls(**d)
+
+
+PRESETS: dict[str, DVAConfig] = {
+    # seconds on CPU: for tests
+    "tiny": DVAConfig(name="tiny", enc_ch=(16, 16, 32), token_grid=2, d_model=32, n_layers=2, n_heads=2,
+                      window=4, dec_ch=(16, 16, 32), cond_dim=32, idm_ch=(16, 16, 32, 32), groups=4),
+    # the default: real time on 2 CPU cores at 4 sampler steps
+    "s": DVAConfig(name="s"),
+    # GPU preset, < 30M parameters including the IDM
+    "m": DVAConfig(name="m", enc_ch=(64, 128, 256), token_grid=6, d_model=384, n_layers=6, n_heads=6,
+                   window=16, dec_ch=(64, 128, 256), dec_blocks=2, cond_dim=512, idm_ch=(32, 64, 128, 256),
+                   groups=16),
+}
+
+
+def preset(name: str, **overrides) -> DVAConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

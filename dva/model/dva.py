@@ -1,0 +1,130 @@
+"""The Direct Video-Action model: encoder -> block-causal transformer -> flow-matching U-Net.
+
+Training (`forward` / `loss`) uses context amortization: a noise-free sequence of L frames is
+encoded and run through the transformer once, and the next-frame loss is taken at every
+position, each with its own noise level (like next-token prediction).
+
+Inference (the contract the controller builds on):
+    cache = model.init_cache(B, device)
+    ctx = model.observe(cache, frame)              # frame (B, 3, 96, 96) in [-1, 1]
+    x_next = model.sample(ctx, action, steps=4)    # (B, 3, 96, 96) in [-1, 1]
+    mark = cache.mark(); ...; cache.rollback(mark)  # predicted frames are scratch
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dvakern
+
+from . import frames as fr
+from .config import DVAConfig
+from .encoder import Encoder
+from .transformer import CausalTransformer, RingCache
+from .unet import FlowUNet
+
+
+@dataclass
+class Context:
+    """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t and
+    the encoder's features of frame t (the spatial skip)."""
+
+    tokens: torch.Tensor
+    feats: list
+
+
+class DVA(nn.Module):
+    def __init__(self, cfg: DVAConfig):
+        super().__init__()
+        self.cfg = cfg
+        dvakern.set_backend(cfg.backend)
+        self.encoder = Encoder(cfg)
+        self.transformer = CausalTransformer(cfg)
+        self.decoder = FlowUNet(cfg)
+
+    # ---- conversions (one home: dva.model.frames) ------------------------------------------
+    @staticmethod
+    def from_frames(frames: torch.Tensor) -> torch.Tensor:
+        return fr.from_frames(frames)
+
+    @staticmethod
+    def to_frames(x: torch.Tensor) -> torch.Tensor:
+        return fr.to_frames(x)
+
+    # ---- training: context amortization ----------------------------------------------------
+    def context(self, x):
+        """x: (B, T, 3, H, W) -> Context for every position (B*T, ...), frame-major per sample."""
+        B, T = x.shape[:2]
+        N = self.cfg.tokens_per_frame
+        tok, feats = self.encoder(x.flatten(0, 1))  # (B*T, N, D)
+        out = self.transformer(tok.reshape(B, T * N, -1), N)  # (B, T*N, D)
+        return Context(out.view(B * T, N, -1), feats)
+
+    def forward(self, x, actions, generator=None):
+        """Flow-matching loss. x: (B, L, 3, H, W) in [-1, 1]; actions: (B, L, 2) pixel units
+        (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
+        with an independent noise level. Returns the scalar loss."""
+        B, L = x.shape[:2]
+        if L < 2:
+            raise ValueError(f"training needs sequences of at least 2 frames, got L={L}")
+        ctx = self.context(x[:, :-1])  # the last frame is only a target
+        target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
+        act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
+        n = target.shape[0]
+        dev = x.device
+        tau = torch.rand(n, device=dev, generator=generator)
+        noise = torch.randn(target.shape, device=dev, generator=generator, dtype=target.dtype)
+        keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
+        t4 = tau.view(-1, 1, 1, 1)
+        x_tau = (1 - t4) * noise + t4 * target
+        v = self.decoder(x_tau, tau, ctx.tokens, ctx.feats, act, keep)
+        return F.mse_loss(v.float(), (target - noise).float())
+
+    # ---- inference --------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, device, dtype=torch.float32) -> RingCache:
+        return self.transformer.init_cache(batch_size, device, dtype)
+
+    def observe(self, cache: RingCache, frame: torch.Tensor) -> Context:
+        """Encode one frame (B, 3, H, W), run one transformer step through the ring cache
+        (appending it) and return the context for predicting the next frame."""
+        tok, feats = self.encoder(frame)
+        return Context(self.transformer.step(tok, cache), feats)
+
+    def prefill(self, cache: RingCache, frames: torch.Tensor) -> Context:
+        """Observe T frames (B, T, 3, H, W) at once (empty cache). Returns the last frame's context."""
+        B, T = frames.shape[:2]
+        N = self.cfg.tokens_per_frame
+        tok, feats = self.encoder(frames.flatten(0, 1))  # (B*T, N, D)
+        out = self.transformer.prefill(tok.reshape(B, T * N, -1), cache, N)  # (B, T*N, D)
+        last = [f.view(B, T, *f.shape[1:])[:, -1] for f in feats]
+        return Context(out.view(B, T, N, -1)[:, -1], last)
+
+    def velocity(self, x_tau, tau, ctx: Context, action=None):
+        """Decoder call: action in pixel units (B, 2) or None."""
+        a = None if action is None else fr.norm_action(action)
+        return self.decoder(x_tau, tau, ctx.tokens, ctx.feats, a)
+
+    def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None):
+        """Few-step Euler ODE solve tau 0 -> 1. action: (B, 2) pixel units being executed between
+        the observed frame and the next one, or None. Returns (B, 3, H, W) in [-1, 1]."""
+        steps = self.cfg.sampler_steps if steps is None else int(steps)
+        if not 1 <= steps <= 64:
+            raise ValueError(f"sampler steps must be in [1, 64], got {steps}")
+        B = ctx.tokens.shape[0]
+        dev = ctx.tokens.device
+        if noise is None:
+            noise = torch.randn((B, 3, self.cfg.img, self.cfg.img), device=dev, generator=generator)
+        x = noise
+        taus = torch.linspace(0.0, 1.0, steps + 1, device=dev)
+        for i in range(steps):
+            tau = taus[i].expand(B)
+            v = self.velocity(x, tau, ctx, action)
+            x = dvakern.flow_step(x, v, taus[i], taus[i + 1])
+        return x.clamp(-1, 1)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
