@@ -1,0 +1,131 @@
+"""Leapfrog scheduler (dva.leapfrog): pure step bookkeeping, no model, no clock."""
+import math
+
+import numpy as np
+import pytest
+
+from dva.leapfrog import Leapfrog, LeapfrogConfig, Plan, RingStats
+
+
+def ramp_plan(start, h, committed=0, base=None):
+    """Actions that move 2 px per step along x from `start` (so plans that agree join exactly)."""
+    steps = np.arange(start, start + h)
+    acts = np.stack([100.0 + 2.0 * steps, np.full(h, 200.0)], axis=1)
+    if base is not None:
+        acts[:committed] = base
+    return Plan(start=start, actions=acts, committed=committed)
+
+
+def simulate(leap: Leapfrog, per_frame_s: float, n_steps: int):
+    """Discrete-time real time with inference costing `per_frame_s` per predicted frame: a plan
+    of h frames takes over ceil(h * per_frame_s / dt) steps after its real frame. The first plan
+    is ready at step 0 (made before the clock starts); the inference side then launches on the
+    newest frame as soon as it is free. Returns executed actions and the miss flags."""
+    dt = leap.cfg.dt
+    leap.record_latency(leap.cfg.h_init * per_frame_s, leap.cfg.h_init)  # the untimed warm-up plan
+    leap.submit(ramp_plan(0, leap.horizon()), 0)
+    next_launch, executed, misses = 1, [], []
+    for k in range(n_steps):
+        if k == next_launch:
+            h = leap.horizon()
+            n = min(leap.delay_steps(h), h)
+            delay = math.ceil(h * per_frame_s / dt)
+            leap.submit(ramp_plan(k, h, n, leap.committed(k, n)), k + delay)
+            leap.record_latency(h * per_frame_s, h)
+            next_launch = k + delay
+        a, miss = leap.action(k)
+        executed.append(a)
+        misses.append(miss)
+    return np.array(executed), np.array(misses)
+
+
+@pytest.mark.parametrize("per_frame_ms", [5, 30, 40, 45])
+def test_horizon_covers_latency_never_starves(per_frame_ms):
+    cfg = LeapfrogConfig(margin=1, h_max=32)
+    leap = Leapfrog(cfg)
+    acts, misses = simulate(leap, per_frame_ms / 1e3, 80)
+    assert not misses.any(), f"starved at steps {np.flatnonzero(misses)}"
+    # the horizon adapted to the latency: the shortest h that covers two delays plus the margin
+    h = leap.horizon()
+    delay = lambda h: math.ceil(h * per_frame_ms / 1e3 / cfg.dt - 1e-9)  # noqa: E731
+    assert h >= 2 * delay(h) + cfg.margin
+    assert h == cfg.h_min or h - 1 < 2 * delay(h - 1) + cfg.margin
+    assert (h > 3) == (per_frame_ms > 100 / 3)  # slower inference, longer plans
+    # plans agree on the ramp, so the executed targets are the ramp exactly: no jumps
+    np.testing.assert_allclose(acts[:, 0], 100.0 + 2.0 * np.arange(80))
+    s = leap.stats()
+    assert s["action_jump_px"]["max"] == pytest.approx(2.0)
+    assert s["deadline_misses"] == 0 and s["plans"] >= 80 // delay(h) - 2
+
+
+def test_starved_controller_holds_last_target_and_counts_misses():
+    leap = Leapfrog()
+    leap.submit(ramp_plan(0, 3), 0)
+    got = [leap.action(k) for k in range(6)]
+    acts = np.array([a for a, _ in got])
+    misses = [m for _, m in got]
+    assert misses == [False, False, False, True, True, True]
+    np.testing.assert_array_equal(acts[3:], np.repeat(acts[2:3], 3, axis=0))  # held
+    assert leap.stats()["deadline_misses"] == 3
+    # a plan that arrives after its own last step is dropped, not executed
+    leap.submit(ramp_plan(1, 2), None)
+    a, miss = leap.action(6)
+    assert miss and leap.stats()["stale_plans"] == 1
+    np.testing.assert_array_equal(a, acts[2])
+
+
+def test_committed_reports_what_will_run():
+    leap = Leapfrog()
+    leap.submit(ramp_plan(0, 4), 0)
+    for k in range(2):
+        leap.action(k)
+    c = leap.committed(1, 5)  # step 1 executed, 2-3 from the active plan, 4-5 held
+    np.testing.assert_array_equal(c[:, 0], [102.0, 104.0, 106.0, 106.0, 106.0])
+    # a submitted but not yet active plan is what will run from its take-over step on
+    later = Plan(start=2, actions=np.full((4, 2), 7.0))
+    leap.submit(later, 3)
+    np.testing.assert_array_equal(leap.committed(2, 3)[:, 0], [104.0, 7.0, 7.0])
+
+
+def test_jump_measured_at_boundaries():
+    leap = Leapfrog()
+    leap.submit(ramp_plan(0, 3), 0)
+    leap.action(0)
+    leap.action(1)
+    other = Plan(start=1, actions=np.array([[102.0, 200.0], [150.0, 200.0], [150.0, 200.0]]))
+    leap.submit(other, 2)
+    a, miss = leap.action(2)
+    assert not miss and a[0] == 150.0
+    s = leap.stats()
+    assert s["action_jump_px"]["n"] == 1 and s["action_jump_px"]["max"] == pytest.approx(48.0)
+    assert s["action_delta_px"]["max"] == pytest.approx(2.0)
+
+
+def test_horizon_grows_with_latency_and_saturates():
+    cfg = LeapfrogConfig(margin=2, h_max=10)
+    leap = Leapfrog(cfg)
+    assert leap.horizon() == cfg.h_init  # nothing measured yet
+    for _ in range(4):
+        leap.record_latency(0.03, 4)  # fast: every plan lands within one step
+    assert leap.horizon() == 4  # 2 * 1 + 2
+    for _ in range(cfg.window):
+        leap.record_latency(0.7, 4)  # 175 ms per frame: more than half a period, cannot keep up
+    assert leap.horizon() == cfg.h_max
+
+
+def test_ring_stats_bounded_and_exact_within_capacity():
+    r = RingStats(capacity=100)
+    for x in range(50):
+        r.add(float(x))
+    assert r.quantile(0.5) == pytest.approx(24.5) and r.max == 49 and r.count == 50
+    for x in range(1000):
+        r.add(1.0)
+    assert len(r.values()) == 100 and r.quantile(0.99) == 1.0 and r.count == 1050
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="h_min <= h_init <= h_max"):
+        LeapfrogConfig(h_min=5, h_init=4)
+    leap = Leapfrog()
+    with pytest.raises(RuntimeError, match="no plan"):
+        leap.action(0)
