@@ -9,6 +9,13 @@ slot_pos - pos (<= 0). Only position differences enter the scores, so positions 
 and the angles stay small however long control runs.
 
 Mutates k_cache, v_cache and slot_pos in place; returns o (B, H, N, D) in q.dtype.
+
+Triton path: one program per (batch, head) writes the new frame's K/V into its slot (program 0
+also writes slot_pos), then streams the window's keys with an online softmax, rotating each key
+by its age on the fly (cos/sin computed in-kernel, no table). The new frame's keys are taken
+from k_new directly (rounded to the cache dtype, as the reference reads them back), so no
+program ever reads a slot another program may be writing. The scores use two half-width dots
+(rotate-half RoPE). pos is read on device: the launch is the same every step (CUDA-graph safe).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import math
 import torch
 
 from ._backend import use_triton
+from ._triton import cdiv, jit, kernel, next_pow2, tl
 from .rope import apply_rope_ref
 
 
@@ -40,8 +48,128 @@ def ring_decode_attn_ref(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_
     return (s.softmax(-1) @ v).to(q.dtype)
 
 
+def _check(q, k_new, v_new, k_cache, v_cache, slot_pos, pos):
+    if k_cache.dim() != 5 or v_cache.shape != k_cache.shape:
+        raise ValueError(f"ring_decode: k_cache/v_cache must be (B, H, W, N, D), got {tuple(k_cache.shape)}"
+                         f"/{tuple(v_cache.shape)}")
+    B, H, W, N, D = k_cache.shape
+    for name, t in (("q", q), ("k_new", k_new), ("v_new", v_new)):
+        if t.shape != (B, H, N, D):
+            raise ValueError(f"ring_decode: {name} must be {(B, H, N, D)} to match the cache, got {tuple(t.shape)}")
+    if slot_pos.shape != (W,) or slot_pos.dtype != torch.int64:
+        raise ValueError(f"ring_decode: slot_pos must be int64 ({W},), got {slot_pos.dtype} {tuple(slot_pos.shape)}")
+    if pos.dim() != 0:
+        raise ValueError(f"ring_decode: pos must be a 0-dim int64 tensor, got shape {tuple(pos.shape)}")
+    if D % 2:
+        raise ValueError(f"ring_decode: head dim {D} must be even for RoPE")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("ring_decode: k_cache and v_cache must be contiguous (they are written in place)")
+
+
+@jit
+def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scale, log2_base,
+                        BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    # grid (B * H,); q, k_new, v_new, o contiguous (B, H, N, D); caches contiguous (B, H, W, N, D)
+    bh = tl.program_id(0).to(tl.int64)
+    HALF = D // 2
+    pos = tl.load(POS)
+    cur = pos % W
+    new_base = bh * N * D
+    cache_base = bh * W * N * D
+    # --- fused append of the new frame (N, D) into slot `cur`
+    tq = tl.arange(0, BLOCK_Q)
+    dd = tl.arange(0, BLOCK_D)
+    am = (tq[:, None] < N) & (dd[None, :] < D)
+    aofs = tq[:, None] * D + dd[None, :]
+    kn = tl.load(KN + new_base + aofs, mask=am, other=0.0)
+    vn = tl.load(VN + new_base + aofs, mask=am, other=0.0)
+    tl.store(KC + cache_base + cur * N * D + aofs, kn.to(KC.dtype.element_ty), mask=am)
+    tl.store(VC + cache_base + cur * N * D + aofs, vn.to(VC.dtype.element_ty), mask=am)
+    if bh == 0:
+        tl.store(SLOT_POS + cur, pos)
+    # --- queries, split into rotate-half pairs (relative position 0: no rotation)
+    hh = tl.arange(0, BLOCK_H)
+    hm = hh < HALF
+    qm = (tq[:, None] < N) & hm[None, :]
+    q1 = tl.load(Q + new_base + tq[:, None] * D + hh[None, :], mask=qm, other=0.0).to(tl.float32)
+    q2 = tl.load(Q + new_base + tq[:, None] * D + HALF + hh[None, :], mask=qm, other=0.0).to(tl.float32)
+    inv = tl.exp2(-(2.0 * hh.to(tl.float32) / D) * log2_base)  # (BLOCK_H,) base^(-2i/D)
+    m_i = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for start in range(0, W * N, BLOCK_K):
+        j = start + tl.arange(0, BLOCK_K)  # flattened (slot, token) index
+        jm = j < W * N
+        slot = j // N
+        tok = j % N
+        is_cur = slot == cur
+        sp = tl.load(SLOT_POS + slot, mask=jm, other=-1)
+        sp = tl.where(is_cur, pos, sp)
+        valid = jm & (sp >= 0) & (sp <= pos) & (sp > pos - W)
+        from_cache = valid & (slot != cur)
+        from_new = valid & is_cur
+        kofs = j[:, None] * D + hh[None, :]
+        nofs = tok[:, None] * D + hh[None, :]
+        cm2 = from_cache[:, None] & hm[None, :]
+        nm2 = from_new[:, None] & hm[None, :]
+        k1 = tl.load(KC + cache_base + kofs, mask=cm2, other=0.0).to(tl.float32) + \
+            tl.load(KN + new_base + nofs, mask=nm2, other=0.0).to(KC.dtype.element_ty).to(tl.float32)
+        k2 = tl.load(KC + cache_base + HALF + kofs, mask=cm2, other=0.0).to(tl.float32) + \
+            tl.load(KN + new_base + HALF + nofs, mask=nm2, other=0.0).to(KC.dtype.element_ty).to(tl.float32)
+        ang = (sp - pos).to(tl.float32)[:, None] * inv[None, :]  # (BLOCK_K, BLOCK_H), age <= 0
+        c = tl.cos(ang)
+        s_ = tl.sin(ang)
+        k1r = k1 * c - k2 * s_
+        k2r = k1 * s_ + k2 * c
+        s = (tl.dot(q1, tl.trans(k1r)) + tl.dot(q2, tl.trans(k2r))) * qk_scale  # (BLOCK_Q, BLOCK_K), log2 units
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vofs = j[:, None] * D + dd[None, :]
+        vmask = dd[None, :] < D
+        v = tl.load(VC + cache_base + vofs, mask=from_cache[:, None] & vmask, other=0.0).to(tl.float32) + \
+            tl.load(VN + new_base + tok[:, None] * D + dd[None, :], mask=from_new[:, None] & vmask,
+                    other=0.0).to(VC.dtype.element_ty).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v)
+        m_i = m_new
+    o = acc / l_i[:, None]
+    tl.store(O + new_base + aofs, o.to(O.dtype.element_ty), mask=am)
+
+
+def ring_decode_triton(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_base: float = 10000.0,
+                       scale: float | None = None):
+    """Launcher (same contract as ring_decode_attn_ref)."""
+    _check(q, k_new, v_new, k_cache, v_cache, slot_pos, pos)
+    B, H, W, N, D = k_cache.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    q, k_new, v_new = q.contiguous(), k_new.contiguous(), v_new.contiguous()
+    o = torch.empty_like(q)
+    BLOCK_Q = max(16, next_pow2(N))
+    BLOCK_D = max(16, next_pow2(D))
+    BLOCK_H = max(16, next_pow2(D // 2))
+    BLOCK_K = 64 if BLOCK_D <= 64 else 32
+    kernel(_ring_decode_kernel, q)[(B * H,)](q, k_new, v_new, k_cache, v_cache, slot_pos, pos, o, H, W, N, D,
+                                             scale * 1.4426950408889634, math.log2(rope_base),
+                                             BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K, BLOCK_H=BLOCK_H, BLOCK_D=BLOCK_D)
+    return o
+
+
+@torch.library.triton_op("dvakern::ring_decode", mutates_args=("k_cache", "v_cache", "slot_pos"))
+def _ring_decode_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, slot_pos: torch.Tensor, pos: torch.Tensor, rope_base: float,
+                    scale: float) -> torch.Tensor:
+    if q.device.type == "cuda" or use_triton(q):
+        return ring_decode_triton(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_base, scale)
+    return ring_decode_attn_ref(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_base, scale)
+
+
 def ring_decode_attention(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_base: float = 10000.0,
                           scale: float | None = None):
     if use_triton(q):
-        raise NotImplementedError("triton ring decode not wired yet")
+        _check(q, k_new, v_new, k_cache, v_cache, slot_pos, pos)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return _ring_decode_op(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, float(rope_base), scale)
     return ring_decode_attn_ref(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_base, scale)
