@@ -1,0 +1,221 @@
+"""The DVA as a policy: a video model dreams the next frames, an IDM reads actions off them.
+
+Two layers:
+
+- `DVAPlanner` owns the model, the IDM and the ring KV cache. `observe(frame)` puts a *real*
+  frame into the cache (every real frame goes in, in order: the model was trained on 10 Hz
+  sequences). `plan(start, committed, h)` dreams h frames from there and returns a `Plan`:
+  the first frames are conditioned on the `committed` actions (the ones the controller executes
+  anyway while the model thinks), later ones are dreamed freely and the IDM turns each predicted
+  frame triple (f_{t-1}, f_t, f_{t+1}) into the action between f_t and f_{t+1}. Predicted frames
+  pass through the cache as scratch and are rolled back before `plan` returns, so between calls
+  the cache holds real frames only.
+- `DVAPolicy` is the protocol interface (`reset(seed)`, `act(obs) -> (2,)`) around a planner:
+  lockstep leapfrog with a fixed virtual delay, so evaluation is reproducible.
+
+The real-time runner (dva.control) drives a `DVAPlanner` from an inference thread instead.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .leapfrog import Leapfrog, LeapfrogConfig, Plan
+
+ACTION_LOW, ACTION_HIGH = 0.0, 512.0  # PushT's action space (pixels)
+PACKAGED_CHECKPOINT = Path(__file__).parent / "assets" / "dva_s.safetensors"
+TRAIN_HINT = ("Train one with `python -m dva.collect` then `python -m dva.train` (see README.md, "
+              "'Training'), and pass it with --checkpoint PATH.")
+
+
+@dataclass
+class PlannerConfig:
+    sample_steps: int = 4  # ODE steps per predicted frame
+    # What conditions a freely dreamed frame (beyond the committed actions): 'none' lets the
+    # model dream what the expert would do (it is trained with action dropout), 'prev' feeds the
+    # previous planned action (actions change slowly at 10 Hz).
+    free_action: str = "none"
+
+    def __post_init__(self):
+        if self.sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
+        if self.free_action not in ("none", "prev"):
+            raise ValueError(f"free_action must be 'none' or 'prev', got {self.free_action!r}")
+
+
+class DVAPlanner:
+    """Model + IDM + cache: real frames in, plans (predicted frames and actions) out."""
+
+    def __init__(self, model, idm, device: str | torch.device = "cpu", cfg: PlannerConfig | None = None):
+        self.model, self.idm = model, idm
+        self.device = torch.device(device)
+        self.cfg = cfg or PlannerConfig()
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        """A new episode: empty cache, no frame history, noise seeded by `seed`."""
+        self.cache = self.model.init_cache(1, self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        self._ctx = None  # context of the last real frame
+        self._prev = self._cur = None  # last two real frames, float (1, 3, 96, 96)
+        self.frames_seen = 0
+
+    @torch.inference_mode()
+    def observe(self, frame: np.ndarray) -> None:
+        """Put the next real frame (uint8 (96, 96, 3)) into the cache."""
+        if not isinstance(frame, np.ndarray) or frame.shape != (96, 96, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"DVAPlanner.observe wants a uint8 (96, 96, 3) frame, got "
+                             f"{getattr(frame, 'dtype', type(frame))} {getattr(frame, 'shape', '')}")
+        x = self.model.from_frames(torch.from_numpy(frame).to(self.device)[None])  # (1, 3, 96, 96)
+        self._ctx = self.model.observe(self.cache, x)
+        self._prev = x if self._cur is None else self._cur  # first frame: no motion seen yet
+        self._cur = x
+        self.frames_seen += 1
+
+    @torch.inference_mode()
+    def plan(self, start: int, committed: np.ndarray, horizon: int) -> Plan:
+        """Dream `horizon` frames after the last observed real frame (the frame of step `start`).
+
+        committed: (n, 2) actions for steps start .. start+n-1 that will be executed whatever
+        this plan says; they condition the first n predicted frames and are copied into the plan.
+        """
+        if self._ctx is None:
+            raise RuntimeError("DVAPlanner.plan: observe() a real frame first")
+        committed = np.asarray(committed, dtype=np.float64).reshape(-1, 2)
+        n = len(committed)
+        if not 1 <= horizon or n > horizon:
+            raise ValueError(f"plan needs 1 <= horizon and committed <= horizon, got {horizon}, {n}")
+        t0 = time.perf_counter()
+        m, dev = self.model, self.device
+        mark = self.cache.mark(horizon - 1)  # saves just the slots the scratch frames overwrite
+        ctx, prev, cur = self._ctx, self._prev, self._cur
+        frames, actions = [], []
+        last_action = None
+        try:
+            for j in range(horizon):
+                if j < n:
+                    cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
+                elif self.cfg.free_action == "prev" and last_action is not None:
+                    cond = last_action
+                else:
+                    cond = None
+                noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
+                nxt = m.sample(ctx, action=cond, steps=self.cfg.sample_steps, noise=noise)  # (1, 3, 96, 96)
+                if j < n:
+                    a = cond
+                else:
+                    a = self.idm(prev, cur, nxt).float().clamp(ACTION_LOW, ACTION_HIGH)  # (1, 2) pixels
+                frames.append(nxt)
+                actions.append(a)
+                last_action = a
+                if j + 1 < horizon:
+                    ctx = m.observe(self.cache, nxt)  # scratch entry, rolled back below
+                prev, cur = cur, nxt
+        finally:
+            self.cache.rollback(mark)  # the cache holds real frames only, even after an error
+        out_frames = m.to_frames(torch.cat(frames)).cpu().numpy()  # (h, 96, 96, 3) uint8
+        out_actions = torch.cat(actions).double().cpu().numpy()  # (h, 2)
+        out_actions[:n] = committed  # exactly what the controller executes (no float32 round trip)
+        return Plan(start=start, actions=out_actions, frames=out_frames, committed=n,
+                    latency_s=time.perf_counter() - t0)
+
+
+@dataclass
+class LockstepConfig:
+    """Lockstep leapfrog: a plan launched at step t takes over at step t + delay; plans are
+    launched every `replan` steps and cover delay + replan + margin steps, so the controller
+    never runs out. delay=1, replan=1 is what real time does whenever inference is faster than
+    the 0.1 s control period (every plan lands before the next frame)."""
+
+    delay: int = 1
+    replan: int = 1
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.delay < 0 or self.replan < 1 or self.margin < 0:
+            raise ValueError(f"LockstepConfig needs delay >= 0, replan >= 1, margin >= 0, got {self}")
+
+    @property
+    def horizon(self) -> int:
+        return self.delay + self.replan + self.margin
+
+
+class DVAPolicy:
+    """The protocol's policy interface around a planner: reads only obs['pixels']."""
+
+    def __init__(self, planner: DVAPlanner, cfg: LockstepConfig | None = None):
+        self.planner = planner
+        self.cfg = cfg or LockstepConfig()
+        self.leap = Leapfrog(LeapfrogConfig(h_init=self.cfg.horizon, h_min=1, h_max=max(self.cfg.horizon, 1)))
+        self.step = 0
+
+    def reset(self, seed: int) -> None:
+        self.planner.reset(seed)
+        self.leap.reset()
+        self.step = 0
+        self.last_miss = False
+
+    def act(self, obs: dict) -> np.ndarray:
+        k, c = self.step, self.cfg
+        self.planner.observe(obs["pixels"])
+        if k == 0:  # the first plan: nothing runs before it, so it takes over at once
+            self._launch(k, np.zeros((0, 2)), at_step=0)
+        elif k % c.replan == 0:
+            self._launch(k, self.leap.committed(k, c.delay), at_step=k + c.delay)
+        a, self.last_miss = self.leap.action(k)
+        self.step += 1
+        return a
+
+    def _launch(self, k: int, committed: np.ndarray, at_step: int) -> None:
+        plan = self.planner.plan(k, committed, self.cfg.horizon)
+        self.leap.record_latency(plan.latency_s, plan.horizon)
+        self.leap.submit(plan, at_step)
+
+    @property
+    def active_plan(self) -> Plan | None:
+        return self.leap.active
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when present, else cpu; anything else as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device torch knows ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    return dev
+
+
+class CheckpointUnavailable(RuntimeError):
+    """The checkpoint is missing, unreadable or inconsistent; the message says which and why."""
+
+
+def load_planner(path: str | Path, device, cfg: PlannerConfig | None = None) -> tuple[DVAPlanner, dict]:
+    """Load a checkpoint (dva.checkpoint: safetensors + JSON) into a planner in eval mode."""
+    path = Path(path)
+    packaged = path.resolve() == PACKAGED_CHECKPOINT.resolve()
+    if not path.exists():
+        what = "the packaged checkpoint" if packaged else "checkpoint"
+        raise CheckpointUnavailable(f"{what} {path} does not exist. {TRAIN_HINT}")
+    from .checkpoint import load
+    try:
+        model, idm, meta = load(path)
+    except Exception as e:  # a user error: report the file and the reason, not a traceback
+        raise CheckpointUnavailable(f"cannot load checkpoint {path}: {e}. {TRAIN_HINT}") from e
+    model = model.to(device).eval()
+    idm = idm.to(device).eval()
+    return DVAPlanner(model, idm, device, cfg), meta
+
+
+def make_policy(checkpoint: str | Path = PACKAGED_CHECKPOINT, device: str = "auto",
+                planner: PlannerConfig | None = None, lockstep: LockstepConfig | None = None) -> DVAPolicy:
+    """The DVA as a protocol policy (lockstep, reproducible): what `python -m dva.eval --policy dva` runs."""
+    p, _ = load_planner(checkpoint, resolve_device(device), planner)
+    return DVAPolicy(p, lockstep)

@@ -1,0 +1,114 @@
+"""DVAPlanner / DVAPolicy with the real `tiny` model (random weights): cache discipline,
+committed actions, determinism. No env here (see test_control_episode.py)."""
+import numpy as np
+import pytest
+import torch
+
+from dva.model.config import preset
+from dva.model.dva import DVA
+from dva.model.idm import IDM
+from dva.policy import DVAPlanner, DVAPolicy, LockstepConfig, PlannerConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = preset("tiny", backend="ref")
+    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
+    # The model zero-initialises its output layers (every block starts as the identity), which
+    # would make an untrained dream ignore its inputs; give those weights small random values so
+    # the tests below see a generic function of frames and actions, as after training.
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(idm.parameters()):
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return model, idm
+
+
+def frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+
+
+def snapshot(cache):
+    return [t.clone() for t in cache.k + cache.v + [cache.slot_pos, cache.pos]]
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 7])  # 7: six scratch frames wrap the W=4 ring
+def test_plan_rolls_back_cache_bitwise(tiny, horizon):
+    planner = DVAPlanner(*tiny)
+    planner.reset(0)
+    for f in frames(6):  # past the window: the ring has wrapped before planning
+        planner.observe(f)
+    before = snapshot(planner.cache)
+    plan = planner.plan(5, np.array([[300.0, 200.0]]), horizon)
+    after = snapshot(planner.cache)
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        assert torch.equal(b, a), "predicted frames leaked into the cache"
+    assert plan.frames.shape == (horizon, 96, 96, 3) and plan.frames.dtype == np.uint8
+    assert plan.actions.shape == (horizon, 2)
+    assert np.all((plan.actions >= 0) & (plan.actions <= 512))
+
+
+def test_next_real_frame_sees_real_history_only(tiny):
+    """Planning between real frames must not change what the model computes for them."""
+    fs = frames(5, seed=1)
+    a, b = DVAPlanner(*tiny), DVAPlanner(*tiny)
+    a.reset(0)
+    b.reset(0)
+    for i, f in enumerate(fs):
+        a.observe(f)
+        b.observe(f)
+        b.plan(i, np.zeros((0, 2)), 4)  # b dreams after every frame, a never does
+    assert torch.equal(a._ctx.tokens, b._ctx.tokens)
+    for x, y in zip(snapshot(a.cache), snapshot(b.cache)):
+        assert torch.equal(x, y)
+
+
+def test_committed_actions_condition_and_are_kept_exactly(tiny):
+    planner = DVAPlanner(*tiny)
+    planner.reset(3)
+    planner.observe(frames(1)[0])
+    committed = np.array([[123.456789, 400.0], [10.0, 20.0]])
+    plan = planner.plan(0, committed, 4)
+    np.testing.assert_array_equal(plan.actions[:2], committed)
+    assert plan.committed == 2 and plan.start == 0
+    # the action conditioning reaches the dream: a different committed action, a different frame
+    planner.reset(3)
+    planner.observe(frames(1)[0])
+    other = planner.plan(0, np.array([[480.0, 30.0], [10.0, 20.0]]), 4)
+    assert not np.array_equal(plan.frames[0], other.frames[0])
+
+
+def test_policy_is_deterministic_and_reads_only_pixels(tiny):
+    fs = frames(8, seed=2)
+
+    def run(seed):
+        pol = DVAPolicy(DVAPlanner(*tiny), LockstepConfig(delay=1, replan=2, margin=1))
+        pol.reset(seed)
+        out = []
+        for f in fs:  # no 'state' / 'agent_vel' keys: a KeyError would mean privileged access
+            out.append(pol.act({"pixels": f}))
+        return np.array(out), pol.leap.stats()
+
+    a1, s1 = run(7)
+    a2, _ = run(7)
+    a3, _ = run(8)
+    np.testing.assert_array_equal(a1, a2)
+    assert not np.array_equal(a1, a3), "the seed should drive the sampler noise"
+    assert a1.shape == (8, 2) and s1["deadline_misses"] == 0
+    assert s1["plans"] == 4  # launched at steps 0, 2, 4, 6; active from 0, 3, 5, 7
+    assert s1["horizon"]["max"] == 4
+
+
+def test_bad_inputs_name_the_problem(tiny):
+    planner = DVAPlanner(*tiny)
+    with pytest.raises(RuntimeError, match="observe"):
+        planner.plan(0, np.zeros((0, 2)), 2)
+    with pytest.raises(ValueError, match="uint8 \\(96, 96, 3\\)"):
+        planner.observe(np.zeros((96, 96, 3), dtype=np.float32))
+    planner.observe(frames(1)[0])
+    with pytest.raises(ValueError, match="committed <= horizon"):
+        planner.plan(0, np.zeros((3, 2)), 2)
+    with pytest.raises(ValueError, match="free_action"):
+        PlannerConfig(free_action="bogus")
