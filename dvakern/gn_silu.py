@@ -208,16 +208,7 @@ def gn_mod_silu_fwd_triton(x, weight, bias, scale, shift, num_groups: int, eps: 
     B, C, H, W = x.shape
     HW, G = H * W, num_groups
     CG = C // G
-    BLOCK_CG = next_pow2(CG)
-    BLOCK_HWS = max(16, min(next_pow2(HW), 2048 // BLOCK_CG))
-    # split each group over enough programs to fill a GPU at batch 1 (~4 programs per SM at
-    # B*G*SPLIT >= 512), but never slices thinner than one tile
-    SPLIT = max(1, min(cdiv(HW, BLOCK_HWS), cdiv(512, B * G), 64))
-    HW_PER = cdiv(HW, SPLIT)
-    SPLIT = cdiv(HW, HW_PER)
-    part = torch.empty(B * G, SPLIT, 2, device=x.device, dtype=torch.float32)
-    kernel(_gn_stats_kernel, x)[(B * G, SPLIT)](x, part, C, HW, G, CG, HW_PER, SPLIT, sb, sc, sp,
-                                                BLOCK_HW=BLOCK_HWS, BLOCK_CG=BLOCK_CG)
+    part, SPLIT = _stats_partials(x, sb, sc, sp, G)
     y = torch.empty_like(x)
     mean = torch.empty(B, G, device=x.device, dtype=torch.float32)
     rstd = torch.empty(B, G, device=x.device, dtype=torch.float32)
@@ -229,6 +220,37 @@ def gn_mod_silu_fwd_triton(x, weight, bias, scale, shift, num_groups: int, eps: 
                                       rstd, C, HW, G, CG, SPLIT, eps, sb, sc, sp, HAS_MOD=has_mod,
                                       BLOCK_HW=BLOCK_HW, BLOCK_C=BLOCK_C, BLOCK_S=next_pow2(SPLIT))
     return y, mean, rstd
+
+
+def _stats_partials(x, sb, sc, sp, G):
+    """Shifted partial sums (B * G, SPLIT, 2) of each group, and SPLIT."""
+    B, C, H, W = x.shape
+    HW, CG = H * W, C // G
+    BLOCK_CG = next_pow2(CG)
+    BLOCK_HWS = max(16, min(next_pow2(HW), 2048 // BLOCK_CG))
+    # split each group over enough programs to fill a GPU at batch 1 (B*G*SPLIT >= 512, ~4 per SM
+    # on an H100), but never into slices thinner than one tile
+    SPLIT = max(1, min(cdiv(HW, BLOCK_HWS), cdiv(512, B * G), 64))
+    HW_PER = cdiv(HW, SPLIT)
+    SPLIT = cdiv(HW, HW_PER)
+    part = torch.empty(B * G, SPLIT, 2, device=x.device, dtype=torch.float32)
+    kernel(_gn_stats_kernel, x)[(B * G, SPLIT)](x, part, C, HW, G, CG, HW_PER, SPLIT, sb, sc, sp,
+                                                BLOCK_HW=BLOCK_HWS, BLOCK_CG=BLOCK_CG)
+    return part, SPLIT
+
+
+def gn_stats_triton(x, num_groups: int, eps: float = 1e-5):
+    """GroupNorm statistics only (the fused conv block's prologue needs them): mean, rstd (B, G) fp32."""
+    x, sb, sc, sp = _strided(x)
+    B, C, H, W = x.shape
+    CG = C // num_groups
+    part, _ = _stats_partials(x, sb, sc, sp, num_groups)
+    s1, s2 = part.sum(1).view(B, num_groups, 2).unbind(-1)
+    K = x[:, ::CG, 0, 0].float()  # (B, G): the shift the stats kernel used (each group's first element)
+    n = CG * H * W
+    m1 = s1 / n
+    var = (s2 / n - m1 * m1).clamp_min(0.0)
+    return K + m1, torch.rsqrt(var + eps)
 
 
 def _bwd_from_sums(S1, S2, weight, bias, scale, G, HW):
