@@ -1,0 +1,173 @@
+"""Checkpoints: one safetensors file of tensors + one JSON of everything else. Never pickle.
+
+A checkpoint `<stem>` is `<stem>.safetensors` (tensors, names prefixed by what they belong to:
+`model.`, `ema.`, `idm.`, `idm_ema.`, `opt.`, `idm_opt.`) and `<stem>.json` (format, config, step,
+data mix, git commit, training args, sha256 of the safetensors file). Both are written atomically
+(temp file + os.replace), the JSON last, so a reader never sees a checkpoint whose JSON describes
+a different tensor file without noticing (the checksum names it).
+
+`load(path) -> (model, idm, meta)` builds the models from the JSON config and loads the EMA
+weights when present; every failure is a CheckpointError naming the file and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "dva-checkpoint"
+VERSION = 1
+DEFAULT = Path(__file__).parent / "assets" / "dva_s"  # the packaged default (fp16 EMA weights)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and why."""
+
+
+def paths(path) -> tuple[Path, Path]:
+    """'x', 'x.json' or 'x.safetensors' -> (x.safetensors, x.json)."""
+    p = Path(path)
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL,
+                                       cwd=Path(__file__).parent).strip()
+    except Exception:
+        return "unknown"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save(path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[Path, Path]:
+    """Write tensors (contiguous, detached, on CPU) and meta (JSON-serialisable) atomically."""
+    st, js = paths(path)
+    st.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tmp = st.with_name(st.name + f".tmp{os.getpid()}")
+    save_file(flat, str(tmp))
+    os.replace(tmp, st)
+    doc = {"format": FORMAT, "version": VERSION, **meta, "sha256": _sha256(st),
+           "tensors": sorted({k.split(".", 1)[0] for k in flat})}
+    _atomic_write_text(js, json.dumps(doc, indent=1, sort_keys=True))
+    return st, js
+
+
+def read(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Validated (tensors, meta). Raises CheckpointError naming the file and the problem."""
+    st, js = paths(path)
+    for p in (js, st):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file missing: {p}")
+    try:
+        meta = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{js}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{js}: not a dva checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{js}: checkpoint version {meta.get('version')!r}, this dva reads {VERSION}")
+    if "config" not in meta:
+        raise CheckpointError(f"{js}: no 'config' entry")
+    digest = _sha256(st)
+    if meta.get("sha256") != digest:
+        raise CheckpointError(f"{st}: checksum mismatch (file is corrupted, truncated or from another save): "
+                              f"sha256 {digest[:12]}..., {js.name} says {str(meta.get('sha256'))[:12]}...")
+    try:
+        tensors = load_file(str(st))  # safetensors: plain buffers, never executes code
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{st}: unreadable safetensors file ({e})") from None
+    return tensors, meta
+
+
+def section(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
+    pre = prefix + "."
+    return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+
+
+def load_into(module: torch.nn.Module, state: dict, where: str) -> None:
+    """load_state_dict with a message that names missing, unexpected and mis-shaped tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"shape mismatch: {'; '.join(shapes[:3])}")
+        raise CheckpointError(f"{where}: does not match the model config: " + ", ".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def load(path=None, device="cpu", weights: str = "ema"):
+    """-> (DVA or None, IDM or None, meta), in eval mode on `device`. weights: 'ema' (default, falls back
+    to raw weights when the checkpoint has no EMA) or 'raw'. path None: the packaged default."""
+    from dva.model.config import DVAConfig
+    from dva.model.dva import DVA
+    from dva.model.idm import IDM
+
+    path = DEFAULT if path is None else path
+    tensors, meta = read(path)
+    st, _ = paths(path)
+    try:
+        cfg = DVAConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{paths(path)[1]}: bad model config ({e})") from None
+    kinds = set(meta["tensors"])
+    models = []
+    for name, cls in (("model", DVA), ("idm", IDM)):
+        pick = f"{name}_ema" if name == "idm" else "ema"
+        key = pick if weights == "ema" and pick in kinds else name
+        if key not in kinds:
+            models.append(None)
+            continue
+        m = cls(cfg)
+        load_into(m, section(tensors, key), f"{st} [{key}]")
+        models.append(m.to(device).eval())
+    if models[0] is None and models[1] is None:
+        raise CheckpointError(f"{st}: holds neither video model nor IDM weights (has {sorted(kinds)})")
+    return models[0], models[1], meta
+
+
+def export(src, dst, dtype=torch.float16) -> tuple[Path, Path]:
+    """Inference-only copy of a training checkpoint: EMA weights of video model and IDM in
+    `dtype` (the packaged default is fp16), same JSON minus optimizer state."""
+    tensors, meta = read(src)
+    out = {}
+    for key, name in (("ema", "model"), ("idm_ema", "idm")):
+        part = section(tensors, key) or section(tensors, name)
+        out.update({f"{name}.{k}": v.to(dtype) if v.is_floating_point() else v for k, v in part.items()})
+    keep = {k: v for k, v in meta.items() if k not in ("sha256", "tensors", "format", "version")}
+    keep["exported_from"] = {"path": str(paths(src)[0].name), "step": meta.get("step"), "weights": "ema",
+                             "dtype": str(dtype).replace("torch.", "")}
+    return save(dst, out, keep)
