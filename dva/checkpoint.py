@@ -64,7 +64,13 @@ def save(path, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[Path, Path
     """Write tensors (contiguous, detached, on CPU) and meta (JSON-serialisable) atomically."""
     st, js = paths(path)
     st.parent.mkdir(parents=True, exist_ok=True)
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    flat, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        if v.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage (tied weights)
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        flat[k] = v
     tmp = st.with_name(st.name + f".tmp{os.getpid()}")
     save_file(flat, str(tmp))
     os.replace(tmp, st)
