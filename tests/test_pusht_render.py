@@ -1,0 +1,98 @@
+"""The torch renderer against gym-pusht's own pixels (the real env, pygame + cv2)."""
+import numpy as np
+import pytest
+import torch
+
+from dva.pusht import render_frames
+from dva.pusht.env import PushTEnv
+from dva.pusht.render import LAYERS, T_BAR, T_STEM, WHITE
+
+PALETTE = [WHITE] + [c for _, c, _ in LAYERS]
+
+
+def _states_and_pixels(n_resets: int, n_rollout: int):
+    """Random starts (gym-pusht's reset) plus states along random-pointer rollouts (contacts)."""
+    env = PushTEnv(pixels=True)
+    states, pixels = [], []
+    for seed in range(n_resets):
+        obs, _ = env.reset(seed)
+        states.append(obs["state"]), pixels.append(obs["pixels"])
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(12345)
+    for t in range(n_rollout):
+        if t % 25 == 0:  # aim at the block so the disc pushes it
+            target = obs["state"][2:4] + rng.normal(0, 40, 2)
+        obs, *_ = env.step(np.clip(target + rng.normal(0, 10, 2), 0, 512))
+        states.append(obs["state"]), pixels.append(obs["pixels"])
+    return np.stack(states), np.stack(pixels)
+
+
+def test_tee_geometry_matches_gym_pusht():
+    env = PushTEnv(pixels=False)
+    shapes = env.gym_env._block_shapes
+    assert [tuple(v) for v in shapes[0].get_vertices()] == list(T_BAR)
+    assert [tuple(v) for v in shapes[1].get_vertices()] == list(T_STEM)
+
+
+def test_render_matches_gym_pusht_pixels_on_1000_states():
+    states, pixels = _states_and_pixels(900, 200)
+    frames = render_frames(torch.from_numpy(states)).numpy()
+    assert frames.shape == pixels.shape and frames.dtype == np.uint8
+    err = np.abs(frames.astype(np.int16) - pixels.astype(np.int16))
+    mae = err.mean() / 255
+    within = (err <= 8).mean()
+    print(f"renderer vs gym-pusht on {len(states)} states: MAE {err.mean():.4f}/255, "
+          f"{100 * within:.3f}% of values within 8/255, {100 * (err == 0).mean():.3f}% exact")
+    assert mae <= 1 / 255
+    assert within >= 0.995
+    # The reset states have no contacts, so they must be bit-exact.
+    assert (err[:900] == 0).mean() > 0.9999
+
+
+def test_canvas_is_pygame_exact():
+    """size=512 gives the pygame canvas itself: identical except pymunk's contact markers."""
+    import pygame
+
+    env = PushTEnv(pixels=False)
+    for seed in range(40):
+        obs, _ = env.reset(seed)
+        if seed % 2:  # move so that some canvases have the disc touching the T
+            for _ in range(5):
+                obs, *_ = env.step(obs["state"][2:4])
+        canvas = np.transpose(np.array(pygame.surfarray.pixels3d(env.gym_env._draw())), (1, 0, 2))
+        mine = render_frames(torch.from_numpy(obs["state"])[None], 512)[0].numpy()
+        diff = (mine != canvas).any(-1)
+        # pymunk's anti-aliased contact markers: any colour outside the scene's palette, +-1 px
+        known = np.zeros(canvas.shape[:2], bool)
+        for c in PALETTE:
+            known |= (canvas == c).all(-1)
+        foreign = ~known
+        for ax in (0, 1):
+            foreign = foreign | np.roll(foreign, 1, ax) | np.roll(foreign, -1, ax)
+        assert not (diff & ~foreign).any(), f"seed {seed}: {int((diff & ~foreign).sum())} canvas pixels differ"
+
+
+def test_render_batch_is_independent_and_dtype_agnostic():
+    states, _ = _states_and_pixels(16, 0)
+    s = torch.from_numpy(states)
+    full = render_frames(s)
+    one = torch.cat([render_frames(s[i:i + 1]) for i in range(len(s))])
+    assert torch.equal(full, one)
+    assert torch.equal(render_frames(s.float()), full) or (render_frames(s.float()) != full).float().mean() < 1e-3
+    assert render_frames(s[:0]).shape == (0, 96, 96, 3)
+
+
+def test_render_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+        render_frames(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="floating"):
+        render_frames(torch.zeros(3, 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="size"):
+        render_frames(torch.zeros(1, 5), size=600)
+
+
+@pytest.mark.gpu
+def test_render_cuda_matches_cpu():
+    states, _ = _states_and_pixels(64, 64)
+    s = torch.from_numpy(states)
+    assert torch.equal(render_frames(s.cuda()).cpu(), render_frames(s))
