@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
+
 BACKENDS = ("ref", "triton", "auto")
 _backend = os.environ.get("DVA_BACKEND", "auto")
 
@@ -41,6 +43,12 @@ def triton_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def compute(t):
+    """The dtype references compute in: fp32 for fp32 and narrower inputs, fp64 for fp64 (so fp64
+    references and gradcheck are real fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def interpreting() -> bool:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import get_backend, use_triton
+from ._backend import compute, get_backend, use_triton
 from ._triton import cdiv, jit, kernel, next_pow2, tl
+from .gn_silu import _check as _check_gn
 from .gn_silu import gn_mod_silu, gn_mod_silu_ref, gn_stats_triton
 
 # Whether backend 'auto' uses the fused kernel on CUDA. Off until an H100 measurement shows it
@@ -31,13 +32,14 @@ FUSED_ON_AUTO = False
 def gn_silu_conv3x3_ref(x, gn_weight, gn_bias, scale, shift, num_groups: int, conv_weight, conv_bias=None,
                         residual=None, eps: float = 1e-5):
     h = gn_mod_silu_ref(x, gn_weight, gn_bias, scale, shift, num_groups, eps)
-    y = F.conv2d(h.float(), conv_weight.float(), None if conv_bias is None else conv_bias.float(), padding=1)
+    y = F.conv2d(compute(h), compute(conv_weight), None if conv_bias is None else compute(conv_bias), padding=1)
     if residual is not None:
-        y = y + residual.float()
+        y = y + compute(residual)
     return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _check(x, conv_weight, conv_bias, residual):
+def _check(x, gn_weight, gn_bias, scale, shift, num_groups, conv_weight, conv_bias, residual):
+    _check_gn(x, gn_weight, gn_bias, scale, shift, num_groups)
     if x.dim() != 4 or conv_weight.dim() != 4 or conv_weight.shape[2:] != (3, 3) or conv_weight.shape[1] != x.shape[1]:
         raise ValueError(f"gn_silu_conv3x3: need x (B, Cin, H, W) and conv_weight (Cout, Cin, 3, 3); got "
                          f"{tuple(x.shape)} and {tuple(conv_weight.shape)}")
@@ -102,7 +104,7 @@ def gn_silu_conv3x3_triton(x, gn_weight, gn_bias, scale, shift, num_groups: int,
                            residual=None, eps: float = 1e-5, packed_weight=None):
     """Launcher (inference). packed_weight: conv_weight as (9 * Cin, Cout) (pack_conv_weight), to
     skip the per-call repack."""
-    _check(x, conv_weight, conv_bias, residual)
+    _check(x, gn_weight, gn_bias, scale, shift, num_groups, conv_weight, conv_bias, residual)
     B, CIN, H, W = x.shape
     COUT = conv_weight.shape[0]
     mean, rstd = gn_stats_triton(x, num_groups, eps)
@@ -144,7 +146,7 @@ def _gn_conv_op(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
 def gn_silu_conv3x3(x, gn_weight, gn_bias, scale, shift, num_groups: int, conv_weight, conv_bias=None,
                     residual=None, eps: float = 1e-5):
     """The model's entry point: fused on the Triton path for inference, unfused (autograd-able) otherwise."""
-    _check(x, conv_weight, conv_bias, residual)
+    _check(x, gn_weight, gn_bias, scale, shift, num_groups, conv_weight, conv_bias, residual)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, gn_weight, gn_bias, scale, shift, conv_weight, conv_bias,
                                                     residual))

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._backend import use_triton
+from ._backend import compute, use_triton
 from ._triton import cdiv, jit, kernel, next_pow2, tl
 
 _LOG2E = 1.4426950408889634
@@ -32,16 +32,16 @@ def _resolve(q, k, v, tokens_per_frame, scale):
 
 
 def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None):
-    """Plain PyTorch reference, computed in fp32, returned in q.dtype."""
+    """Plain PyTorch reference, computed in fp32 (fp64 for fp64 inputs), returned in q.dtype."""
     S, D = q.shape[-2], q.shape[-1]
     if S % tokens_per_frame:
         raise ValueError(f"sequence length {S} is not a multiple of tokens_per_frame={tokens_per_frame}")
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     f = torch.arange(S, device=q.device) // tokens_per_frame
     mask = f[None, :] <= f[:, None]  # (S, S): query frame >= key frame
-    s = (q.float() @ k.float().transpose(-1, -2)) * scale
+    s = (compute(q) @ compute(k).transpose(-1, -2)) * scale
     s = s.masked_fill(~mask, float("-inf"))
-    return (s.softmax(-1) @ v.float()).to(q.dtype)
+    return (s.softmax(-1) @ compute(v)).to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -219,24 +219,24 @@ def frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame: int, scale: flo
 def _scores_torch(q, k, tokens_per_frame, scale):
     S = q.shape[-2]
     f = torch.arange(S, device=q.device) // tokens_per_frame
-    s = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, S, S)
+    s = (compute(q) @ compute(k).transpose(-1, -2)) * scale  # (B, H, S, S)
     return s.masked_fill(~(f[None, :] <= f[:, None]), float("-inf"))
 
 
 def _fwd_torch(q, k, v, tokens_per_frame, scale):
     s = _scores_torch(q, k, tokens_per_frame, scale)
     lse = torch.logsumexp(s, -1)
-    return ((s - lse[..., None]).exp() @ v.float()).to(q.dtype), lse
+    return ((s - lse[..., None]).exp() @ compute(v)).to(q.dtype), lse
 
 
 def _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale):
-    p = (_scores_torch(q, k, tokens_per_frame, scale) - lse[..., None]).exp()  # (B, H, S, S)
-    dof = do.float()
+    p = (_scores_torch(q, k, tokens_per_frame, scale) - lse[..., None].to(compute(q).dtype)).exp()  # (B, H, S, S)
+    dof = compute(do)
     dv = p.transpose(-1, -2) @ dof
-    dp = dof @ v.float().transpose(-1, -2)
-    ds = p * (dp - (o.float() * dof).sum(-1, keepdim=True))
-    dq = ds @ k.float() * scale
-    dk = ds.transpose(-1, -2) @ q.float() * scale
+    dp = dof @ compute(v).transpose(-1, -2)
+    ds = p * (dp - (compute(o) * dof).sum(-1, keepdim=True))
+    dq = ds @ compute(k) * scale
+    dk = ds.transpose(-1, -2) @ compute(q) * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import use_triton
+from ._backend import compute, use_triton
 from ._triton import cdiv, jit, kernel, next_pow2, tl
 
 
@@ -27,9 +27,9 @@ def _out_format(x):
 
 
 def gn_mod_silu_ref(x, weight, bias, scale, shift, num_groups: int, eps: float = 1e-5):
-    h = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
+    h = F.group_norm(compute(x), num_groups, compute(weight), compute(bias), eps)
     if scale is not None:
-        h = h * (1 + scale.float()[:, :, None, None]) + shift.float()[:, :, None, None]
+        h = h * (1 + compute(scale)[:, :, None, None]) + compute(shift)[:, :, None, None]
     return F.silu(h).to(x.dtype).contiguous(memory_format=_out_format(x))
 
 
@@ -256,8 +256,8 @@ def gn_stats_triton(x, num_groups: int, eps: float = 1e-5):
 def _bwd_from_sums(S1, S2, weight, bias, scale, G, HW):
     """(B, C) channel sums of da and da*xhat -> dweight, dbias, dscale, dshift, group terms g1, g2."""
     B, C = S1.shape
-    w, bi = weight.float(), bias.float()
-    sc1 = 1.0 + scale.float() if scale is not None else torch.ones_like(S1)
+    w, bi = compute(weight), compute(bias)
+    sc1 = 1.0 + compute(scale) if scale is not None else torch.ones_like(S1)
     dshift = S1
     dscale = w * S2 + bi * S1
     dweight = (sc1 * S2).sum(0)
@@ -298,7 +298,7 @@ def gn_mod_silu_bwd_triton(dy, x, weight, bias, scale, shift, mean, rstd, num_gr
 # ------------------------------------------------------- torch implementations (CPU dispatch)
 def _fwd_torch(x, weight, bias, scale, shift, num_groups, eps):
     B, C = x.shape[:2]
-    xf = x.float().reshape(B, num_groups, -1)  # (B, G, C/G * H * W)
+    xf = compute(x).reshape(B, num_groups, -1)  # (B, G, C/G * H * W)
     var, mean = torch.var_mean(xf, dim=-1, unbiased=False)
     rstd = torch.rsqrt(var + eps)
     return gn_mod_silu_ref(x, weight, bias, scale, shift, num_groups, eps), mean, rstd
@@ -307,15 +307,15 @@ def _fwd_torch(x, weight, bias, scale, shift, num_groups, eps):
 def _bwd_torch(dy, x, weight, bias, scale, shift, mean, rstd, num_groups):
     B, C, H, W = x.shape
     G = num_groups
-    xhat = ((x.float().reshape(B, G, -1) - mean[..., None]) * rstd[..., None]).reshape(B, C, H, W)
-    sc1 = (1.0 + scale.float() if scale is not None else torch.ones(B, C, device=x.device))[:, :, None, None]
-    sh = shift.float()[:, :, None, None] if shift is not None else 0.0
-    a = (xhat * weight.float()[:, None, None] + bias.float()[:, None, None]) * sc1 + sh
+    xhat = ((compute(x).reshape(B, G, -1) - mean[..., None]) * rstd[..., None]).reshape(B, C, H, W)
+    sc1 = (1.0 + compute(scale) if scale is not None else torch.ones(B, C, device=x.device))[:, :, None, None]
+    sh = compute(shift)[:, :, None, None] if shift is not None else 0.0
+    a = (xhat * compute(weight)[:, None, None] + compute(bias)[:, None, None]) * sc1 + sh
     sig = torch.sigmoid(a)
-    da = dy.float() * sig * (1 + a * (1 - sig))
+    da = compute(dy) * sig * (1 + a * (1 - sig))
     S1, S2 = da.sum((2, 3)), (da * xhat).sum((2, 3))
     dweight, dbias, dscale, dshift, g1, g2 = _bwd_from_sums(S1, S2, weight, bias, scale, G, H * W)
-    dxhat = da * sc1 * weight.float()[:, None, None]
+    dxhat = da * sc1 * compute(weight)[:, None, None]
     g1 = g1.repeat_interleave(C // G, 1)[:, :, None, None]
     g2 = g2.repeat_interleave(C // G, 1)[:, :, None, None]
     rs = rstd.repeat_interleave(C // G, 1)[:, :, None, None]

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ._backend import use_triton
+from ._backend import compute, use_triton
 from ._triton import cdiv, jit, kernel, next_pow2, tl
 from .rope import apply_rope_ref
 
@@ -40,9 +40,9 @@ def ring_decode_attn_ref(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_
     valid = (slot_pos >= 0) & (slot_pos <= pos) & (slot_pos > pos - W)  # (W,)
     rel = (slot_pos - pos).to(torch.float32)  # (W,) <= 0 for valid slots
     kpos = rel.repeat_interleave(N)  # (W*N,)
-    k = apply_rope_ref(k_cache.reshape(B, H, W * N, D).float(), kpos, rope_base)
-    v = v_cache.reshape(B, H, W * N, D).float()
-    qr = apply_rope_ref(q.float(), torch.zeros(N, device=q.device), rope_base)  # identity rotation
+    k = apply_rope_ref(compute(k_cache.reshape(B, H, W * N, D)), kpos, rope_base)
+    v = compute(v_cache.reshape(B, H, W * N, D))
+    qr = apply_rope_ref(compute(q), torch.zeros(N, device=q.device), rope_base)  # identity rotation
     s = (qr @ k.transpose(-1, -2)) * scale  # (B, H, N, W*N)
     s = s.masked_fill(~valid.repeat_interleave(N), float("-inf"))
     return (s.softmax(-1) @ v).to(q.dtype)

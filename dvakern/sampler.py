@@ -12,15 +12,15 @@ from typing import Callable
 
 import torch
 
-from ._backend import use_triton
+from ._backend import compute, use_triton
 from ._triton import cdiv, jit, kernel, tl
 
 
 def flow_step_ref(x, v, tau, tau_next):
-    dt = (tau_next - tau).to(torch.float32)
+    dt = compute(tau_next - tau)
     if dt.dim() == 1:
         dt = dt.view(-1, *([1] * (x.dim() - 1)))
-    return (x.float() + dt * v.float()).to(x.dtype)
+    return (compute(x) + dt * compute(v)).to(x.dtype)
 
 
 @jit
@@ -76,10 +76,10 @@ def _flow_step_setup(ctx, inputs, output):
 
 def _flow_step_bwd(ctx, g):
     tau, tau_next = ctx.saved_tensors
-    dt = (tau_next - tau).to(torch.float32)
+    dt = compute(tau_next - tau)
     if dt.dim() == 1:
         dt = dt.view(-1, *([1] * (ctx.x_dim - 1)))
-    return g.to(ctx.x_dtype), (g.float() * dt).to(ctx.v_dtype), None, None
+    return g.to(ctx.x_dtype), (compute(g) * dt).to(ctx.v_dtype), None, None
 
 
 _flow_step_op.register_autograd(_flow_step_bwd, setup_context=_flow_step_setup)
