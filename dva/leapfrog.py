@@ -140,8 +140,9 @@ class Leapfrog:
             self.plans = 0
             self.steps = 0
             self.latency = RingStats()  # per plan, seconds
-            self.jump = RingStats()  # |a_k - a_(k-1)| where a new plan takes over at k, pixels
-            self.delta = RingStats()  # |a_k - a_(k-1)| at every other step, pixels
+            self.jump = RingStats()  # |a_k - a_(k-1)| where a new plan's own actions start, pixels
+            self.delta = RingStats()  # |a_k - a_(k-1)| at every other executed (non-held) step
+            self._join_step = -1
             self.horizons = RingStats()
 
     # -- the inference side -------------------------------------------------------------------
@@ -215,11 +216,9 @@ class Leapfrog:
             self._pending.append((plan.start if at_step is None else at_step, plan))
 
     def _activate(self, plan: Plan, step: int) -> None:
-        if self.last_target is not None:
-            # The jump a new plan makes at its boundary (vs the target executed just before):
-            # compare with action_delta_px, the step-to-step change inside plans. Conditioning
-            # on the committed actions is what keeps the two alike.
-            self.jump.add(float(np.linalg.norm(plan.action(step) - self.last_target)))
+        # Where the plan's own actions start being executed: its committed prefix repeats what
+        # runs anyway, so the join is at the first free action (or at take-over if that is later).
+        self._join_step = max(step, plan.start + plan.committed)
         self.active = plan
         self.plans += 1
         self.horizons.add(plan.horizon)
@@ -228,12 +227,10 @@ class Leapfrog:
         """The pointer target for `step` and whether it was a deadline miss (no plan covered it,
         so the last target is held). Plans submitted for this step take over first."""
         with self._lock:
-            boundary = False
             while self._pending and self._pending[0][0] <= step:
                 _, plan = self._pending.popleft()
                 if plan.covers(step):
                     self._activate(plan, step)
-                    boundary = True
                 else:  # arrived after its last step: inference fell behind the horizon
                     self.stale += 1
             miss = self.active is None or not self.active.covers(step)
@@ -244,8 +241,10 @@ class Leapfrog:
                 self.misses += 1
             else:
                 a = np.array(self.active.action(step), dtype=np.float64)
-            if self.last_target is not None and not boundary:
-                self.delta.add(float(np.linalg.norm(a - self.last_target)))
+            if self.last_target is not None and not miss:
+                # the jump where a new plan's actions take over vs every other step's change
+                d = float(np.linalg.norm(a - self.last_target))
+                (self.jump if step == self._join_step else self.delta).add(d)
             self.last_target = a
             self._executed[step % self.HISTORY] = a
             self._last_step = step

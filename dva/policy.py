@@ -198,20 +198,24 @@ class CheckpointUnavailable(RuntimeError):
 
 
 def load_planner(path: str | Path, device, cfg: PlannerConfig | None = None) -> tuple[DVAPlanner, dict]:
-    """Load a checkpoint (dva.checkpoint: safetensors + JSON) into a planner in eval mode."""
-    path = Path(path)
-    packaged = path.resolve() == PACKAGED_CHECKPOINT.resolve()
-    if not path.exists():
-        what = "the packaged checkpoint" if packaged else "checkpoint"
-        raise CheckpointUnavailable(f"{what} {path} does not exist. {TRAIN_HINT}")
-    from .checkpoint import load
+    """Load a checkpoint (dva.checkpoint: safetensors + JSON) into a planner in eval mode.
+    Every failure is a CheckpointUnavailable naming the file and the reason."""
+    from .checkpoint import load, paths
+
+    tensors_file, json_file = paths(path)
+    packaged = tensors_file.resolve() == PACKAGED_CHECKPOINT.resolve()
+    what = "the packaged checkpoint" if packaged else "checkpoint"
+    for f in (tensors_file, json_file):
+        if not f.is_file():
+            raise CheckpointUnavailable(f"{what} file {f} does not exist. {TRAIN_HINT}")
     try:
-        model, idm, meta = load(path)
+        model, idm, meta = load(path, device=device)
     except Exception as e:  # a user error: report the file and the reason, not a traceback
-        raise CheckpointUnavailable(f"cannot load checkpoint {path}: {e}. {TRAIN_HINT}") from e
-    model = model.to(device).eval()
-    idm = idm.to(device).eval()
-    return DVAPlanner(model, idm, device, cfg), meta
+        raise CheckpointUnavailable(f"cannot use {what} {tensors_file}: {e}. {TRAIN_HINT}") from e
+    if model is None or idm is None:
+        lacks = "video model" if model is None else "IDM"
+        raise CheckpointUnavailable(f"{what} {tensors_file} has no {lacks} weights; control needs both. {TRAIN_HINT}")
+    return DVAPlanner(model.eval(), idm.eval(), device, cfg), meta
 
 
 def make_policy(checkpoint: str | Path = PACKAGED_CHECKPOINT, device: str = "auto",

@@ -10,6 +10,15 @@ from dva.model.idm import IDM
 from dva.policy import DVAPlanner, DVAPolicy, LockstepConfig, PlannerConfig
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As the CLI does (dva.control --threads 1): 2 threads on the shared 2-core CPU are slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

@@ -1,0 +1,185 @@
+"""Closed-loop control on the real gym-pusht env with the real `tiny` model (random weights,
+saved and loaded through dva.checkpoint): lockstep, real time, videos, the CLI and its errors."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from dva import checkpoint
+from dva.control import make_env, run_lockstep, run_realtime
+from dva.leapfrog import LeapfrogConfig
+from dva.model.config import preset
+from dva.model.dva import DVA
+from dva.model.idm import IDM
+from dva.policy import DVAPlanner, DVAPolicy, LockstepConfig, PlannerConfig, load_planner
+from dva.video import HEIGHT, WIDTH, ControlVideo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As the CLI does (dva.control --threads 1): on the shared 2-core CPU, 2 torch threads made
+    batch-1 inference many times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A real checkpoint of a randomly initialised tiny model (output layers un-zeroed so the
+    dream depends on its inputs, as after training)."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", backend="ref")
+    model, idm = DVA(cfg), IDM(cfg)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(idm.parameters()):
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+               **{f"idm.{k}": v for k, v in idm.state_dict().items()}}
+    st, _ = checkpoint.save(tmp_path_factory.mktemp("ckpt") / "tiny", tensors, {"config": cfg.to_dict()})
+    return st
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_env(max_steps=300)
+
+
+def test_lockstep_real_episode_is_deterministic(tiny_ckpt, env):
+    planner, _ = load_planner(tiny_ckpt, "cpu")
+    policy = DVAPolicy(planner, LockstepConfig(delay=1, replan=1))
+    rec, acts = run_lockstep(env, policy, seed=100000, max_steps=20)
+    rec2, acts2 = run_lockstep(env, policy, seed=100000, max_steps=20)
+    assert rec["steps"] == 20 and acts.shape == (20, 2)
+    np.testing.assert_array_equal(acts, acts2)  # same seed -> same actions
+    assert rec["max_coverage"] == rec2["max_coverage"]
+    assert np.all((acts >= 0) & (acts <= 512))
+    # one plan launched per step, each taking over one step later (the last one would at step 20)
+    assert rec["deadline_misses"] == 0 and rec["plans"] == 19
+    assert rec["latency_ms"]["n"] == 20 and rec["latency_ms"]["p99"] >= rec["latency_ms"]["p50"] > 0
+    assert 0.0 <= rec["score"] <= 1.0 and rec["success"] == (rec["max_coverage"] > 0.95)
+    _, acts3 = run_lockstep(env, policy, seed=100001, max_steps=5)
+    assert not np.array_equal(acts[:5], acts3)
+
+
+def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
+    planner, _ = load_planner(tiny_ckpt, "cpu", PlannerConfig(sample_steps=1))
+    policy = DVAPolicy(planner, LockstepConfig(delay=1, replan=2, margin=1))
+    with ControlVideo(tmp_path / "ep.mp4", title="test") as video:
+        rec, _ = run_lockstep(env, policy, seed=100002, max_steps=6, video=video)
+    assert video.path.exists() and video.frames_written == 6
+    assert not list(tmp_path.glob(".*partial*")), "the temporary file must be gone"
+    frames = [f for f in imageio.get_reader(video.path)]  # (list() asks the reader for an unknown length)
+    assert len(frames) == 6 and frames[0].shape == (HEIGHT, WIDTH, 3)
+    # the left panel is the real observation, upscaled 4x (lossy codec: compare loosely)
+    obs = env.reset(100002)["pixels"]
+    left = frames[0][32:32 + 384, :384].reshape(96, 4, 96, 4, 3).mean(axis=(1, 3))
+    assert np.abs(left - obs).mean() < 8.0
+
+
+class SlowModel:
+    """Timing harness, not the product: the real tiny DVA, made deliberately slow by a sleep per
+    predicted frame, so latency spans several control periods."""
+
+    def __init__(self, model, sleep_s):
+        self.model, self.sleep_s = model, sleep_s
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def sample(self, *args, **kwargs):
+        time.sleep(self.sleep_s)
+        return self.model.sample(*args, **kwargs)
+
+
+class RecordingPlanner(DVAPlanner):
+    def reset(self, seed):
+        super().reset(seed)
+        self.plans = []
+
+    def plan(self, start, committed, horizon):
+        p = super().plan(start, committed, horizon)
+        self.plans.append(p)
+        return p
+
+
+def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
+    base, _ = load_planner(tiny_ckpt, "cpu", PlannerConfig(sample_steps=1))
+    planner = RecordingPlanner(SlowModel(base.model, 0.05), base.idm, "cpu", base.cfg)
+    # A 0.25 s period keeps the test robust on a loaded CPU: ~60 ms per predicted frame is a
+    # quarter period, so plans must be ~6 frames and land 2 steps after their frame.
+    cfg = LeapfrogConfig(dt=0.25, margin=2, h_init=4, h_max=16)
+    rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=24)
+    assert rec["steps"] == 24
+    assert rec["deadline_misses"] == 0 and rec["stale_plans"] == 0, rec
+    assert rec["plans"] >= 6
+    assert rec["latency_ms"]["p50"] > 250.0  # the harness really is slower than one period...
+    assert rec["horizon"]["max"] >= 5  # ...and the horizon grew to cover it (h >= 2 * 2 + margin)
+    # plans join continuously: every plan starts from exactly the actions that were executed
+    committed_total = 0
+    for p in planner.plans[1:]:
+        n = min(p.committed, 24 - p.start)
+        np.testing.assert_array_equal(p.actions[:n], acts[p.start:p.start + n])
+        committed_total += n
+    assert committed_total > 0
+    assert 0.2 < 1.0 / rec["control_hz"] < 0.3  # the env advanced on the 0.25 s wall clock
+
+
+def run_cli(*args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "dva.control", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def test_cli_writes_metrics_and_video(tiny_ckpt, tmp_path):
+    r = run_cli("--checkpoint", str(tiny_ckpt), "--max-steps", "4", "--episodes", "2", "--seed", "100005",
+                "--sample-steps", "1", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["mode"] == "lockstep" and m["summary"]["episodes"] == 2
+    assert [e["seed"] for e in m["episodes"]] == [100005, 100006]
+    for e in m["episodes"]:
+        assert e["steps"] == 4 and Path(e["video"]).exists()
+        assert {"control_hz", "latency_ms", "deadline_misses", "action_jump_px"} <= set(e)
+    assert str(tmp_path / "metrics.json") in r.stdout
+
+
+def test_cli_bad_checkpoint_is_a_clear_error(tiny_ckpt, tmp_path):
+    # not a checkpoint at all
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(os.urandom(256))
+    (tmp_path / "junk.json").write_text("{not json")
+    r = run_cli("--checkpoint", str(junk), "--out", str(tmp_path / "o1"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "junk.json" in r.stderr and "not valid JSON" in r.stderr and "python -m dva.train" in r.stderr
+    # a config that does not match the weights
+    bad = tmp_path / "bad"
+    st, js = checkpoint.paths(tiny_ckpt)
+    meta = json.loads(js.read_text())
+    meta["config"]["d_model"] = 64
+    (tmp_path / "bad.safetensors").write_bytes(st.read_bytes())
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    r = run_cli("--checkpoint", str(bad), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "bad.safetensors" in r.stderr and "does not match the model config" in r.stderr
+    assert not (tmp_path / "o1" / "metrics.json").exists()
+
+
+def test_cli_missing_checkpoint_says_how_to_train(tmp_path, capsys):
+    from dva.control import main
+
+    assert main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.safetensors does not exist" in err and "python -m dva.train" in err
+    assert main(["--max-steps", "0"]) == 2 and "--max-steps must be >= 1" in capsys.readouterr().err
