@@ -1,0 +1,1 @@
+"""Datasets of PushT episodes: store (npz shards + manifest), collection, sequence loader."""
