@@ -29,7 +29,7 @@ def make_dataset(root, steps_per_episode, shard_size=2, frames=False, seed0=0):
     man = Manifest(config={"policy": "test-random"}, gym_pusht_version="0.1.8")
     eps = [make_episode(seed0 + i, T, frames) for i, T in enumerate(steps_per_episode)]
     for k in range(0, len(eps), shard_size):
-        man.shards.append(write_shard(root / shard_name(k // shard_size), k, eps[k:k + shard_size]))
+        man.shards.append(write_shard(root / shard_name(k), k, eps[k:k + shard_size]))
         man.save(root)
     return eps
 
@@ -56,11 +56,11 @@ def test_frames_option_stores_gym_pixels(tmp_path):
 
 def test_corrupted_shard_is_named(tmp_path):
     make_dataset(tmp_path / "c", [4, 4], shard_size=1)
-    p = tmp_path / "c" / shard_name(1)
+    p = tmp_path / "c" / shard_name(1)  # one episode per shard
     b = bytearray(p.read_bytes())
     b[len(b) // 2] ^= 0xFF
     p.write_bytes(bytes(b))
-    with pytest.raises(DatasetError, match=r"shard_000001\.npz: checksum mismatch"):
+    with pytest.raises(DatasetError, match=r"shard_0000001\.npz: checksum mismatch"):
         load_dataset(tmp_path / "c")
 
 
@@ -68,7 +68,7 @@ def test_truncated_shard_is_named(tmp_path):
     make_dataset(tmp_path / "t", [4, 4], shard_size=1)
     p = tmp_path / "t" / shard_name(0)
     p.write_bytes(p.read_bytes()[:-100])
-    with pytest.raises(DatasetError, match=r"shard_000000\.npz: truncated"):
+    with pytest.raises(DatasetError, match=r"shard_0000000\.npz: truncated"):
         load_dataset(tmp_path / "t")
     # without a manifest entry the npz reader itself refuses it
     with pytest.raises(DatasetError, match="not a readable npz"):
@@ -80,10 +80,10 @@ def test_missing_and_mismatched_shards(tmp_path):
     man = json.loads((tmp_path / "m" / "manifest.json").read_text())
     # a shard swapped for another valid one: checksum catches it
     (tmp_path / "m" / shard_name(1)).write_bytes((tmp_path / "m" / shard_name(0)).read_bytes())
-    with pytest.raises(DatasetError, match=r"shard_000001\.npz: checksum mismatch"):
+    with pytest.raises(DatasetError, match=r"shard_0000001\.npz: checksum mismatch"):
         load_dataset(tmp_path / "m")
     (tmp_path / "m" / shard_name(1)).unlink()
-    with pytest.raises(DatasetError, match=r"shard_000001\.npz: shard listed in the manifest is missing"):
+    with pytest.raises(DatasetError, match=r"shard_0000001\.npz: shard listed in the manifest is missing"):
         load_dataset(tmp_path / "m")
     (tmp_path / "m" / "manifest.json").write_text("{not json")
     with pytest.raises(DatasetError, match="manifest.json: manifest is not valid JSON"):

@@ -3,7 +3,7 @@
 Layout of a dataset directory:
 
     manifest.json         format, version, generating config, gym-pusht version, shard list
-    shard_000000.npz      episodes [0, E), then shard_000001.npz episodes [E, 2E), ...
+    shard_0000000.npz     episodes [0, E), then shard_0000004.npz (E=4) episodes [4, 8), ...
 
 A shard holds E episodes back to back. For an episode of T steps (DESIGN/contract alignment:
 action t is applied after frame t and leads to frame t+1):
@@ -59,8 +59,9 @@ class Episode:
         return bool((self.coverage > 0.95).any())
 
 
-def shard_name(i: int) -> str:
-    return f"shard_{i:06d}.npz"
+def shard_name(first_episode: int) -> str:
+    """Shards are named by their first episode, so re-planned runs never reuse a name."""
+    return f"shard_{first_episode:07d}.npz"
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,185 @@
+"""Collect PushT episodes with a data policy into a checksummed dataset directory.
+
+    python -m dva.collect --policy random --episodes 200 --workers 2 --out data/random
+
+Episode i uses env seed (--seed + i) for both gym-pusht's reset and the policy, so a dataset is
+a deterministic function of its config. Re-running the same command resumes: shards listed in
+the manifest are kept and only missing episodes are collected (an interrupt loses at most the
+shards in flight); re-running with a larger --episodes extends the dataset. State-only shards
+by default (the loader re-renders frames exactly); --frames also stores gym-pusht's pixels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dva.data.store import DatasetError, Episode, Manifest, shard_name, write_shard
+from dva.pusht.protocol import MAX_STEPS, SEEDS
+
+
+@dataclass
+class CollectConfig:
+    policy: str
+    seed: int = 0                 # episode i uses env/policy seed `seed + i`
+    max_steps: int = MAX_STEPS    # an episode also ends at success (gym-pusht terminates)
+    shard_size: int = 4           # episodes per shard: the most an interrupt loses per worker
+    frames: bool = False          # also store gym-pusht's 96x96 pixels
+    policy_kwargs: dict = field(default_factory=dict)
+
+    # a resumed run must agree on everything that shapes the data
+    def identity(self) -> dict:
+        return asdict(self)
+
+
+def collect_episode(policy, env, seed: int, max_steps: int) -> Episode:
+    from dva.pusht.protocol import run_episode
+
+    _, tr = run_episode(policy, seed, env, max_steps, record=True)
+    return Episode(seed=seed, states=np.stack(tr["states"]), agent_vel=np.stack(tr["agent_vel"]),
+                   actions=np.stack(tr["actions"]), coverage=np.asarray(tr["coverage"], np.float32),
+                   frames=np.stack(tr["frames"]) if tr["frames"][0] is not None else None)
+
+
+_WORKER: dict = {}
+
+
+def _collect_shard(task) -> dict:
+    """Worker: collect episodes [first, first + n) and write their shard atomically."""
+    cfg_dict, out, first, n = task
+    cfg = CollectConfig(**cfg_dict)
+    from dva.pusht.env import PushTEnv
+    from dva.pusht.policies import make_policy
+
+    key = repr(sorted(cfg_dict.items()))
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, policy=make_policy(cfg.policy, **cfg.policy_kwargs),
+                       env=PushTEnv(pixels=cfg.frames))
+    eps = [collect_episode(_WORKER["policy"], _WORKER["env"], cfg.seed + i, cfg.max_steps)
+           for i in range(first, first + n)]
+    return write_shard(Path(out) / shard_name(first), first, eps)
+
+
+def plan_shards(manifest: Manifest, episodes: int, shard_size: int) -> list[tuple[int, int]]:
+    """(first, n) of the shards still missing to cover episodes [0, episodes)."""
+    done = np.zeros(episodes, dtype=bool)
+    for s in manifest.shards:
+        done[s["first_episode"]:s["first_episode"] + s["episodes"]] = True
+    todo, i = [], 0
+    while i < episodes:
+        if done[i]:
+            i += 1
+            continue
+        j = i
+        while j < episodes and not done[j] and j - i < shard_size:
+            j += 1
+        todo.append((i, j - i))
+        i = j
+    return todo
+
+
+def collect(cfg: CollectConfig, out: Path, episodes: int, workers: int = 1, progress: bool = True) -> Manifest:
+    """Collect (or resume collecting) `episodes` episodes into `out`. Returns the manifest."""
+    from tqdm import tqdm
+
+    from dva.pusht.env import gym_pusht_version
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "manifest.json").exists():
+        man = Manifest.load(out)
+        old = man.config.get("collect", {})
+        diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
+        if diff:
+            raise DatasetError(f"{out / 'manifest.json'}: dataset was collected with a different config "
+                               f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                               f"use another --out")
+        if man.gym_pusht_version != gym_pusht_version():
+            raise DatasetError(f"{out / 'manifest.json'}: collected with gym-pusht {man.gym_pusht_version}, "
+                               f"this is {gym_pusht_version()} (seeds are not comparable across versions)")
+    else:
+        man = Manifest(config={"collect": cfg.identity()}, gym_pusht_version=gym_pusht_version())
+        man.save(out)
+    todo = plan_shards(man, episodes, cfg.shard_size)
+    overlap = sorted(set(range(cfg.seed, cfg.seed + episodes)) & set(SEEDS))
+    if overlap:
+        print(f"warning: collection seeds include evaluation seeds {overlap[0]}..{overlap[-1]}", file=sys.stderr)
+    done_eps = min(man.episodes, episodes)
+    bar = tqdm(total=episodes, initial=done_eps, unit="ep", desc=f"collect {cfg.policy}",
+               disable=not progress, smoothing=0.1)
+    t0, frames = time.perf_counter(), 0
+    tasks = [(cfg.identity(), str(out), first, n) for first, n in todo]
+
+    def record(entry: dict) -> None:
+        nonlocal frames
+        man.shards = sorted(man.shards + [entry], key=lambda s: s["first_episode"])
+        man.save(out)  # after every shard: an interrupt loses only what is in flight
+        frames += entry["steps"] + entry["episodes"]
+        bar.update(entry["episodes"])
+        dt = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix_str(f"{frames / dt:,.0f} frames/s")
+
+    try:
+        if workers <= 1:
+            for t in tasks:
+                record(_collect_shard(t))
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for entry in pool.imap_unordered(_collect_shard, tasks):
+                    record(entry)
+    finally:
+        bar.close()
+    return man
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dva.pusht.policies import POLICIES
+
+    p = argparse.ArgumentParser(prog="python -m dva.collect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, choices=[k for k in sorted(POLICIES) if k != "dva"],
+                   help="data policy: random smooth motion, goal heuristic, or the privileged expert")
+    p.add_argument("--episodes", type=int, required=True, help="total episodes the dataset should hold")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (use all cores for big datasets)")
+    p.add_argument("--out", type=Path, required=True, help="dataset directory (created; resumed if it exists)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses env/policy seed SEED + i")
+    p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps per episode (ends early at success)")
+    p.add_argument("--shard-size", type=int, default=4, help="episodes per shard file")
+    p.add_argument("--frames", action="store_true", help="also store gym-pusht's 96x96 uint8 frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("episodes", "workers", "max_steps", "shard_size"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    cfg = CollectConfig(policy=args.policy, seed=args.seed, max_steps=args.max_steps,
+                        shard_size=args.shard_size, frames=args.frames)
+    t0 = time.perf_counter()
+    try:
+        man = collect(cfg, args.out, args.episodes, args.workers, progress=not args.quiet)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed shards are kept in {args.out}; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    dt = time.perf_counter() - t0
+    print(f"{args.out}: {man.episodes} episodes, {man.steps + man.episodes} frames "
+          f"({sum(s['bytes'] for s in man.shards) / 2**20:.1f} MiB, {len(man.shards)} shards); "
+          f"this run {dt:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
