@@ -30,40 +30,19 @@ import torch
 from tqdm import tqdm
 
 from .leapfrog import Leapfrog, LeapfrogConfig
+from .pusht.env import SUCCESS_COVERAGE
 from .policy import (PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
                      PlannerConfig, load_planner, resolve_device)
 from .video import ControlVideo
 
-SUCCESS_COVERAGE = 0.95  # DESIGN.md section 4
 
 
 # --- environment -------------------------------------------------------------------------------
-def make_env(max_steps: int):
-    """The real gym-pusht env (96x96 pixels, 10 Hz) with the contract's observation dict."""
-    return _GymPushT(max_steps)
+def make_env():
+    """The real gym-pusht env with the contract's observation dict (dva.pusht.env)."""
+    from .pusht.env import PushTEnv
 
-
-class _GymPushT:
-    """gym-pusht 0.1.8 -> {"pixels", "state", "agent_vel"} observations, `reset(seed) -> obs`.
-    (Stand-in until the project's env wrapper, dva.pusht.env, lands.)"""
-
-    def __init__(self, max_steps: int):
-        import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
-        import gymnasium as gym
-
-        self.env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", max_episode_steps=max_steps)
-
-    def _obs(self, obs, info) -> dict:
-        state = np.concatenate([info["pos_agent"], info["block_pose"]]).astype(np.float64)
-        return {"pixels": obs["pixels"], "state": state, "agent_vel": np.asarray(info["vel_agent"], np.float64)}
-
-    def reset(self, seed: int) -> dict:
-        obs, info = self.env.reset(seed=int(seed))
-        return self._obs(obs, info)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float64))
-        return self._obs(obs, info), reward, terminated, truncated, info
+    return PushTEnv()
 
 
 def _episode_record(seed: int, coverages: list[float], steps: int, wall_s: float, leap: Leapfrog,
@@ -81,7 +60,7 @@ def run_lockstep(env, policy: DVAPolicy, seed: int, max_steps: int, video: Contr
                  bar: tqdm | None = None) -> tuple[dict, np.ndarray]:
     """One episode, the env waiting for inference. Returns (record, executed actions (T, 2))."""
     policy.reset(seed)
-    obs = env.reset(seed)
+    obs, _ = env.reset(seed)
     coverages, actions = [], []
     t0 = time.perf_counter()
     for k in range(max_steps):
@@ -167,7 +146,7 @@ def run_realtime(env, planner: DVAPlanner, leap_cfg: LeapfrogConfig, seed: int, 
     """One episode at 10 Hz wall clock with concurrent inference."""
     leap = Leapfrog(leap_cfg)
     planner.reset(seed)
-    obs = env.reset(seed)
+    obs, _ = env.reset(seed)
     # The first plan is made before the clock starts: a robot waits for its first plan too.
     planner.observe(obs["pixels"])
     first = planner.plan(0, np.zeros((0, 2)), leap_cfg.h_init)
@@ -252,11 +231,11 @@ def run(cfg: ControlConfig) -> dict:
     planner, meta = load_planner(cfg.checkpoint, device, cfg.planner)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = make_env(cfg.max_steps)
+    env = make_env()
     policy = DVAPolicy(planner, cfg.lockstep)
     if cfg.realtime:  # one untimed plan so one-time costs (allocation, first kernels) stay out of latency
         planner.reset(0)
-        planner.observe(env.reset(cfg.seed)["pixels"])
+        planner.observe(env.reset(cfg.seed)[0]["pixels"])
         planner.plan(0, np.zeros((0, 2)), cfg.leapfrog.h_init)
     episodes = []
     mode = "realtime" if cfg.realtime else "lockstep"

@@ -53,7 +53,7 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env():
-    return make_env(max_steps=300)
+    return make_env()
 
 
 def test_lockstep_real_episode_is_deterministic(tiny_ckpt, env):
@@ -83,7 +83,7 @@ def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
     frames = [f for f in imageio.get_reader(video.path)]  # (list() asks the reader for an unknown length)
     assert len(frames) == 6 and frames[0].shape == (HEIGHT, WIDTH, 3)
     # the left panel is the real observation, upscaled 4x (lossy codec: compare loosely)
-    obs = env.reset(100002)["pixels"]
+    obs = env.reset(100002)[0]["pixels"]
     left = frames[0][32:32 + 384, :384].reshape(96, 4, 96, 4, 3).mean(axis=(1, 3))
     assert np.abs(left - obs).mean() < 8.0
 
