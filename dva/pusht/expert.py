@@ -7,8 +7,9 @@ reads the block pose after every physics substep, so every push length up to the
 scored from one simulation. Because the block's velocity is cleared every substep (zero
 damping) and the contact is frictionless, the block moves quasi-statically: its pose depends on
 the disc's path, not its speed, so "stop the push when the disc has travelled l" lands where the
-simulation said. The cost is the T's mean corner distance to the goal plus a price per 0.1 s
-spent (approach along a route around the T, settle, push). Execution is closed loop: the chosen
+simulation said. A push is scored by its progress per 0.1 s step: the drop in log of the T's
+mean corner distance to the goal, divided by the steps it costs (approach along a route around
+the T, settle, push, finish). Execution is closed loop: the chosen
 push is executed, then the planner replans from the new real state (the rebuilt space is not
 bit-exact, DESIGN.md section 3).
 
@@ -45,13 +46,16 @@ class ExpertConfig:
     route_margin: float = 10.0  # clearance added to the disc radius for route corners, px
     contact_spacing: float = 15.0  # spacing of contact points along each outline edge, px
     push_angles_deg: tuple[float, ...] = (-30.0, 0.0, 30.0)  # push direction vs inward normal
-    step_cost: float = 0.5  # px of corner error worth one 0.1 s step
-    continue_bonus: float = 0.5  # px preference for repeating the previous primitive (ties)
+    log_eps: float = 2.0  # px added to errors inside the log-progress objective (see _make_plan)
+    continue_bonus: float = 0.05  # relative preference for repeating the previous primitive
+    finish_steps: float = 1.0  # steps a push is expected to need after the pointer stops
     settle_tol: float = 2.5  # disc within this of the pre-contact point before pushing, px
-    finish_tol: float = 1.0  # push done when the disc is this close to its end point, px
+    finish_tol: float = 2.5  # push done when the disc is this close to its end point, px
     replan_tol: float = 1.0  # block moved this much (px, or 0.02 rad) off-plan -> replan
     max_phase_steps: int = 40  # safety: any phase longer than this replans
     done_error: float = 0.6  # corner error (px) at which the expert just holds still
+    retry_steps: int = 3  # hold this many actions after a plan found no improving push
+    min_gain: float = 0.05  # a push must be predicted to cut the corner error by this much, px
 
 
 PRESETS = {
@@ -132,6 +136,10 @@ class ExpertPolicy:
         self._ptr = None  # last pointer target (the steady hand starts where the disc is)
         self._plan = None
         self._prev_primitive = None
+        self._last = None  # (primitive, corner error when it was planned)
+        self._banned = set()  # primitives that just failed to make progress
+        self._t = 0  # actions taken this episode
+        self._retry_at = 0  # after a failed plan, hold still until this action before retrying
         self.n_plans = 0
 
     def act(self, obs: dict) -> np.ndarray:
@@ -141,6 +149,7 @@ class ExpertPolicy:
         agent, pose = state[:2], state[2:]
         if self._ptr is None:
             self._ptr = agent.copy()
+        self._t += 1
         target = self._next_target(agent, pose, np.asarray(obs.get("agent_vel", (0.0, 0.0)), dtype=np.float64))
         step = target - self._ptr
         dist = np.linalg.norm(step)
@@ -155,10 +164,11 @@ class ExpertPolicy:
         for _ in range(3):  # a finished phase hands over to the next one within the same action
             p = self._plan
             if p is None:
-                if vertex_error(pose) < cfg.done_error:
+                if vertex_error(pose) < cfg.done_error or self._t < self._retry_at:
                     return self._ptr.copy()
                 self._plan = p = self._make_plan(agent, pose, agent_vel)
-                if p is None:
+                if p is None:  # nothing improves from here: hold, the disc settles, try again
+                    self._retry_at = self._t + cfg.retry_steps
                     return self._ptr.copy()
             p["steps"] += 1
             if p["steps"] > cfg.max_phase_steps:
@@ -185,7 +195,9 @@ class ExpertPolicy:
                     return tgt
                 p["phase"], p["steps"] = "finish", 0
             if p["phase"] == "finish":
-                if np.linalg.norm(agent - p["end"]) > cfg.finish_tol and p["steps"] < 6:
+                # Slow (fine) pushes touch the T only in their last px: finish them more exactly.
+                tol = cfg.finish_tol * min(1.0, p["speed"] / cfg.push_speed_far)
+                if np.linalg.norm(agent - p["end"]) > tol and p["steps"] < 6:
                     return p["end"]
                 self._plan = None
         return self._ptr.copy()
@@ -227,8 +239,6 @@ class ExpertPolicy:
         max_push = min(cfg.max_push, 2.0 * err0 + 20.0)
         n_push = max(1, int(np.ceil(max_push / speed)))
         s, ds = self._profile(speed, n_push)
-        # Time is worth less as the goal nears: a 0.5 px gain must still beat a few steps' cost.
-        step_cost = cfg.step_cost * min(1.0, err0 / 20.0)
 
         start = self._ptr.copy()
         clear_r = AGENT_RADIUS + cfg.gap
@@ -239,24 +249,38 @@ class ExpertPolicy:
         approach = self._approach_lengths(start, p0, pose)  # (K,) px, inf if unreachable
         ok &= np.isfinite(approach)
 
+        # A push that realised none of its predicted gain (the rebuilt sim is not exact) is not
+        # retried until some other push makes progress: otherwise the plan repeats forever.
+        if self._last is not None and err0 > self._last[1] - cfg.min_gain:
+            self._banned.add(self._last[0])
+        elif self._last is not None:
+            self._banned.clear()
         best = None
         for k in np.flatnonzero(ok):
             dirs = -(self._rot @ nrm_w[k])  # (A, 2) push directions
             t_before = approach[k] / cfg.max_step + 1.0  # approach + ~1 settle step
             for j, d in enumerate(dirs):
+                if (k, j) in self._banned:
+                    continue
                 vel = ds[:, None] * d  # (N, 2) disc velocity per substep
                 sim = Sim(np.concatenate([p0[k], pose]))
                 poses = sim.step_velocities(vel)
-                costs = vertex_error(poses) + step_cost * (t_before + np.arange(1, len(s) + 1) / SUBSTEPS + 1.0)
+                errs = vertex_error(poses)
+                steps = t_before + np.arange(1, len(s) + 1) / SUBSTEPS + cfg.finish_steps
+                # Maximise progress per step in log error: halving 60 -> 30 px is worth as much as
+                # 3 -> 1.5 px, and a tiny gain never pays for an approach and a settle.
+                costs = -np.log((err0 + cfg.log_eps) / (errs + cfg.log_eps)) / steps
                 if self._prev_primitive == (k, j):
-                    costs -= cfg.continue_bonus
+                    costs *= 1.0 + cfg.continue_bonus  # ties go to repeating the current push
+                costs[errs > err0 - cfg.min_gain] = np.inf  # only pushes that make progress
                 i = int(np.argmin(costs))
-                if best is None or costs[i] < best[0] - 1e-9:
-                    best = (float(costs[i]), k, j, float(s[i]), d, float(vertex_error(poses[i])))
-        if best is None or best[5] > err0 - 0.05:
+                if np.isfinite(costs[i]) and (best is None or costs[i] < best[0] - 1e-9):
+                    best = (float(costs[i]), k, j, float(s[i]), d, float(errs[i]))
+        if best is None:
             return None  # no push improves: hold (the caller retries next action)
         _, k, j, length, d, predicted = best
         self._prev_primitive = (k, j)
+        self._last = ((k, j), err0)
         self.last_plan = {"error": err0, "predicted_error": predicted, "contact": int(k), "direction": int(j), "length": length}
         return {
             "phase": "approach",
