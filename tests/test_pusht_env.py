@@ -1,0 +1,87 @@
+"""Env wrapper and vector env over the real gym-pusht."""
+import numpy as np
+import pytest
+
+from dva.pusht.env import PushTEnv
+from dva.pusht.vector import VectorPushTEnv
+
+
+def _rollout(env, seed, n=60):
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed)
+    out = [obs]
+    for _ in range(n):
+        obs, *_ = env.step(rng.uniform(0, 512, 2))
+        out.append(obs)
+    return out
+
+
+def test_obs_contract():
+    obs, info = PushTEnv().reset(100000)
+    assert obs["pixels"].shape == (96, 96, 3) and obs["pixels"].dtype == np.uint8
+    assert obs["state"].shape == (5,) and obs["state"].dtype == np.float64
+    assert obs["agent_vel"].shape == (2,) and 0 <= info["coverage"] <= 1
+
+
+def test_state_only_step_is_the_gym_step():
+    a, b = _rollout(PushTEnv(pixels=True), 7), _rollout(PushTEnv(pixels=False), 7)
+    for x, y in zip(a, b):
+        assert np.array_equal(x["state"], y["state"]) and np.array_equal(x["agent_vel"], y["agent_vel"])
+    assert "pixels" not in b[0]
+
+
+def test_reset_to_state_reproduces_state_and_pixels():
+    traj = _rollout(PushTEnv(pixels=True), 3, n=40)
+    env = PushTEnv(pixels=True)
+    for o in traj[::7]:
+        got, _ = env.reset_to_state(o["state"], o["agent_vel"])
+        assert np.array_equal(got["state"], o["state"])
+        assert np.array_equal(got["agent_vel"], o["agent_vel"])
+        # identical frame except pymunk's contact markers (a few pixels at most)
+        assert (got["pixels"] != o["pixels"]).any(-1).sum() <= 6
+    # continuing from a restored state follows the original trajectory closely
+    env.reset_to_state(traj[10]["state"], traj[10]["agent_vel"])
+    rng = np.random.default_rng(3)
+    acts = [rng.uniform(0, 512, 2) for _ in range(40)]
+    obs, *_ = env.step(acts[10])
+    assert np.abs(obs["state"][:2] - traj[11]["state"][:2]).max() < 1e-6  # the disc is exact
+
+
+def test_gym_legacy_reset_order_differs():
+    """Why reset_to_state sets the angle first: gym-pusht's own option lands elsewhere."""
+    import gymnasium as gym
+    import gym_pusht  # noqa: F401
+
+    s = np.array([100.0, 100.0, 300.0, 300.0, 1.0])
+    legacy, _ = gym.make("gym_pusht/PushT-v0").reset(options={"reset_to_state": s})
+    ours, _ = PushTEnv(pixels=False).reset_to_state(s)
+    assert np.allclose(ours["state"], s)
+    assert not np.allclose(legacy[2:4], s[2:4], atol=1.0)
+
+
+def test_bad_inputs():
+    env = PushTEnv(pixels=False)
+    env.reset(0)
+    with pytest.raises(ValueError, match="action must be 2 finite floats"):
+        env.step([1.0, np.nan])
+    with pytest.raises(ValueError, match="state must be 5 finite floats"):
+        env.reset_to_state([1, 2, 3])
+
+
+def test_vector_env_matches_single_envs():
+    seeds = [11, 12]
+    singles = [PushTEnv(pixels=True) for _ in seeds]
+    with VectorPushTEnv(2, pixels=True) as venv:
+        vobs, _ = venv.reset(seeds)
+        sobs = [e.reset(s)[0] for e, s in zip(singles, seeds)]
+        rng = np.random.default_rng(0)
+        for _ in range(15):
+            acts = rng.uniform(0, 512, (2, 2))
+            vobs, rew, term, _, infos = venv.step(acts)
+            sobs = [e.step(a)[0] for e, a in zip(singles, acts)]
+            assert vobs["pixels"].shape == (2, 96, 96, 3)
+            for i in range(2):
+                assert np.array_equal(vobs["state"][i], sobs[i]["state"])
+                assert np.array_equal(vobs["pixels"][i], sobs[i]["pixels"])
+        with pytest.raises(ValueError, match=r"actions must have shape \(2, 2\)"):
+            venv.step(np.zeros((3, 2)))
