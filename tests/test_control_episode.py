@@ -116,24 +116,26 @@ class RecordingPlanner(DVAPlanner):
 
 def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
     base, _ = load_planner(tiny_ckpt, "cpu", PlannerConfig(sample_steps=1))
-    planner = RecordingPlanner(SlowModel(base.model, 0.05), base.idm, "cpu", base.cfg)
-    # A 0.25 s period keeps the test robust on a loaded CPU: ~60 ms per predicted frame is a
-    # quarter period, so plans must be ~6 frames and land 2 steps after their frame.
-    cfg = LeapfrogConfig(dt=0.25, margin=2, h_init=4, h_max=16)
-    rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=24)
-    assert rec["steps"] == 24
-    assert rec["deadline_misses"] == 0 and rec["stale_plans"] == 0, rec
-    assert rec["plans"] >= 6
-    assert rec["latency_ms"]["p50"] > 250.0  # the harness really is slower than one period...
-    assert rec["horizon"]["max"] >= 5  # ...and the horizon grew to cover it (h >= 2 * 2 + margin)
+    planner = RecordingPlanner(SlowModel(base.model, 0.1), base.idm, "cpu", base.cfg)
+    # A 0.5 s period keeps the test robust on a loaded shared CPU: the harness's ~0.1-0.15 s per
+    # predicted frame is a quarter period, so plans need ~6 frames and land 2 steps after their
+    # frame, with 2 steps of margin for load spikes.
+    cfg = LeapfrogConfig(dt=0.5, margin=2, h_init=4, h_max=16)
+    rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=16)
+    summary = {k: rec[k] for k in ("deadline_misses", "stale_plans", "plans", "latency_ms", "horizon")}
+    assert rec["steps"] == 16
+    assert rec["deadline_misses"] == 0 and rec["stale_plans"] == 0, summary
+    assert rec["plans"] >= 4, summary
+    assert rec["latency_ms"]["p50"] > 500.0, summary  # the harness really is slower than one period...
+    assert rec["horizon"]["max"] >= 5, summary  # ...and the horizon grew to cover it (h >= 2 * 2 + 1)
     # plans join continuously: every plan starts from exactly the actions that were executed
     committed_total = 0
     for p in planner.plans[1:]:
-        n = min(p.committed, 24 - p.start)
+        n = min(p.committed, 16 - p.start)
         np.testing.assert_array_equal(p.actions[:n], acts[p.start:p.start + n])
         committed_total += n
     assert committed_total > 0
-    assert 0.2 < 1.0 / rec["control_hz"] < 0.3  # the env advanced on the 0.25 s wall clock
+    assert 0.45 < 1.0 / rec["control_hz"] < 0.55  # the env advanced on the 0.5 s wall clock
 
 
 def run_cli(*args, timeout=240):
