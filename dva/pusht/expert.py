@@ -55,6 +55,8 @@ class ExpertConfig:
     max_phase_steps: int = 40  # safety: any phase longer than this replans
     done_error: float = 0.6  # corner error (px) at which the expert just holds still
     retry_steps: int = 3  # hold this many actions after a plan found no improving push
+    pass_through: bool = True  # start pushing while the disc still arrives (see _refine)
+    refine_slack: float = 0.2  # ... unless that loses more than this share of the planned gain
     min_gain: float = 0.05  # a push must be predicted to cut the corner error by this much, px
 
 
@@ -184,6 +186,8 @@ class ExpertPolicy:
                 if tgt is not None:
                     return tgt
                 p["phase"], p["steps"] = "settle", 0
+                if cfg.pass_through and self._refine(agent, agent_vel, pose, p):
+                    p["phase"] = "push"  # the disc is still moving: no need to wait for it
             if p["phase"] == "settle":
                 if np.linalg.norm(agent - p["start"]) > cfg.settle_tol:
                     return p["start"]
@@ -201,6 +205,27 @@ class ExpertPolicy:
                     return p["end"]
                 self._plan = None
         return self._ptr.copy()
+
+    def _refine(self, agent, agent_vel, pose, p) -> bool:
+        """Re-simulate the chosen push from the disc's real, still-moving state (the agent's PD
+        motion is reproduced exactly, see dva.pusht.sim) and re-pick its length. Skips the wait for
+        the disc to settle at the pre-contact point; False (then settle) if the moving start
+        spoils the push."""
+        d, speed = p["dir"], p["speed"]
+        longest = p["length"] * 1.3 + 10.0
+        n_push = int(np.ceil(longest / speed))
+        ramp = np.minimum(np.arange(1, n_push + 4) * speed, longest)
+        targets = p["start"] + ramp[:, None] * d  # (n_push + 3, 2) pointer per action
+        ps, vs = pd_rollout(agent, agent_vel, targets)
+        poses = Sim(np.concatenate([agent, pose]), agent_vel).step_velocities(vs)
+        errs = vertex_error(poses)
+        i = int(np.argmin(errs))
+        if errs[i] > p["predicted"] + max(0.3, self.cfg.refine_slack * (p["error"] - p["predicted"])):
+            return False
+        p["end"] = p["start"] + d * max(0.0, float(np.dot(ps[i] - p["start"], d)))
+        p["predicted"] = float(errs[i])
+        p["route"] = [p["end"]]
+        return True
 
     def _walk(self, route: list, speed: float):
         """Advance the pointer along a polyline by up to `speed`; None once the route is done."""
@@ -289,6 +314,10 @@ class ExpertPolicy:
             "route": self._route(start, p0[k], pose),
             "start": p0[k],
             "end": p0[k] + d * length,
+            "dir": d,
+            "length": length,
+            "error": err0,
+            "predicted": predicted,
             "speed": speed,
         }
 
