@@ -27,7 +27,7 @@ def _extensions():
               "(build it later with `python -m dvakern.build_ext`)", file=sys.stderr)
         return [], {}
     sources = ["csrc/gn_silu_cpu.cpp"]
-    kw = dict(extra_compile_args={"cxx": ["-O3"]})
+    kw = dict(extra_compile_args={"cxx": ["-O3", "-fopenmp-simd", "-fno-trapping-math"]})
     cuda = bool(torch.version.cuda) and CUDA_HOME is not None and torch.cuda.is_available()
     if cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):

@@ -4,9 +4,13 @@
 // (dvakern/ring_decode.py): slot = pos % W; k_cache[:, :, slot] = k_new; slot_pos[slot] = pos.
 // Used where the model appends without attending (e.g. prefill of a real frame's cache entry
 // while a Triton-free build runs attention in cuDNN/SDPA).
+// Light headers on purpose: ATen/cuda/CUDAContext.h pulls in cuSPARSE/cuBLAS headers that a
+// minimal CUDA toolkit may lack; the op needs only a stream, a device guard and a launch check.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 namespace {
@@ -44,7 +48,7 @@ void ring_append_cuda(at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& slot
   const int64_t total = B * H * N * D;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 4096));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "ring_append_cuda", [&] {
     ring_append_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
         k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(), slot_pos.data_ptr<int64_t>(),

@@ -36,7 +36,7 @@ def build(cuda: bool = False, verbose: bool = False) -> str:
     out = Path(ext_dir())
     out.mkdir(parents=True, exist_ok=True)
     load(name="dvakern_ext", sources=[str(s) for s in sources], build_directory=str(out), is_python_module=False,
-         extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=verbose)
+         extra_cflags=["-O3", "-fopenmp-simd", "-fno-trapping-math"], extra_cuda_cflags=["-O3"], verbose=verbose)
     return str(out / "dvakern_ext.so")
 
 
