@@ -138,7 +138,8 @@ class SequenceLoader:
         g.manual_seed((self.seed * 1_000_003 + step * 2 + salt) % (2**63 - 1))
         return g
 
-    def sample(self, step: int) -> dict:
+    def sample(self, step: int, frames: bool = True) -> dict:
+        """The batch for training step `step`; frames=False skips rendering ("frames" is None)."""
         B, L = self.batch_size, self.seq_len
         g = self._generator(step)
         w = self.schedule.weights(step)
@@ -164,8 +165,10 @@ class SequenceLoader:
             actions[rd] = src.actions[ai]
             for r in rows.tolist():
                 names[r] = name
-        frames = render_frames(states.view(B * L, 5), self.size).view(B, L, self.size, self.size, 3)
-        return {"frames": frames, "actions": actions, "states": states.float(),
+        img = None
+        if frames:
+            img = render_frames(states.view(B * L, 5), self.size).view(B, L, self.size, self.size, 3)
+        return {"frames": img, "actions": actions, "states": states.float(),
                 "agent_vel": vel, "source": names}
 
     def __len__(self) -> int:
