@@ -2,7 +2,8 @@
 
 q, k, v: (B, H, S, D) with S = T * N tokens laid out frame-major (N tokens per frame).
 Token i attends to token j iff frame(j) <= frame(i): full attention inside a frame, causal
-across frames. RoPE, if any, is applied by the caller before this op.
+across frames; with `window` = W, also frame(j) > frame(i) - W (the last W frames, the same
+window the ring KV cache holds at decode time). RoPE, if any, is applied by the caller.
 
 Triton path: flash-attention style (online softmax, fp32 accumulators, log-sum-exp saved for
 the backward). A query tile only visits keys up to the end of its last row's frame, so the work
@@ -21,7 +22,7 @@ from ._triton import cdiv, jit, kernel, next_pow2, tl
 _LOG2E = 1.4426950408889634
 
 
-def _resolve(q, k, v, tokens_per_frame, scale):
+def _resolve(q, k, v, tokens_per_frame, scale, window=None):  # window: validated by frame_attention
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"frame_attention: q, k, v must all be (B, H, S, D); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -31,7 +32,13 @@ def _resolve(q, k, v, tokens_per_frame, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
-def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None):
+def _win(window, S, tokens_per_frame):
+    """The window in frames as the kernels take it (None/<=0: unlimited = every frame)."""
+    T = S // tokens_per_frame
+    return T if window is None or window <= 0 else min(int(window), T)
+
+
+def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None, window: int | None = None):
     """Plain PyTorch reference, computed in fp32 (fp64 for fp64 inputs), returned in q.dtype."""
     S, D = q.shape[-2], q.shape[-1]
     if S % tokens_per_frame:
@@ -39,6 +46,8 @@ def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     f = torch.arange(S, device=q.device) // tokens_per_frame
     mask = f[None, :] <= f[:, None]  # (S, S): query frame >= key frame
+    if window is not None:
+        mask &= f[None, :] > f[:, None] - window
     s = (compute(q) @ compute(k).transpose(-1, -2)) * scale
     s = s.masked_fill(~mask, float("-inf"))
     return (s.softmax(-1) @ compute(v)).to(q.dtype)
@@ -47,7 +56,7 @@ def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None):
 # ----------------------------------------------------------------------------------- kernels
 @jit
 def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
-                   H, S, D, NTOK, qk_scale,
+                   H, S, D, NTOK, WIN, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -62,10 +71,11 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
     qf = offs_m // NTOK
     last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, S) - 1
     kend = tl.minimum(S, (last // NTOK + 1) * NTOK)  # keys past the last row's frame are never seen
+    kbeg = tl.maximum(0, (pid_m * BLOCK_M) // NTOK - WIN + 1) * NTOK  # nor keys older than the window
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    for start in range(0, kend, BLOCK_N):
+    for start in range(kbeg, kend, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nm = offs_n < kend
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], mask=nm[:, None] & dm[None, :],
@@ -73,14 +83,19 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=nm[:, None] & dm[None, :],
                     other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        ok = ((offs_n[None, :] // NTOK) <= qf[:, None]) & nm[None, :]
+        kf = offs_n[None, :] // NTOK
+        ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :]
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        # a row with nothing visible yet (tile outside its window / empty slots) keeps m = -inf:
+        # subtract 0 instead so p = 0 and alpha = 0 rather than NaN from (-inf) - (-inf)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)  # padding rows past S see nothing; they are not stored
     o = acc / l_i[:, None]
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :], o.to(O.dtype.element_ty),
              mask=mm[:, None] & dm[None, :])
@@ -90,7 +105,7 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
 
 @jit
 def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-                        sdb, sdh, sds, H, S, D, NTOK, scale,
+                        sdb, sdh, sds, H, S, D, NTOK, WIN, scale,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # grid (cdiv(S, BLOCK_N), B * H); dq/dk/dv/do share q's layout (contiguous (B, H, S, D))
     pid_n = tl.program_id(0)
@@ -108,7 +123,9 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     q_start = (pid_n * BLOCK_N // NTOK) * NTOK  # queries before this tile's first frame never see it
-    for start in range(q_start, S, BLOCK_M):
+    last_kf = (tl.minimum(pid_n * BLOCK_N + BLOCK_N, S) - 1) // NTOK
+    q_end = tl.minimum(S, (last_kf + WIN) * NTOK)  # nor queries whose window has moved past it
+    for start in range(q_start, q_end, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mm = offs_m < S
         qmask = mm[:, None] & dm[None, :]
@@ -117,7 +134,8 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
         lse = tl.load(LSE + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N)
-        ok = (kf[None, :] <= (offs_m // NTOK)[:, None]) & mm[:, None] & nm[None, :]
+        qf = (offs_m // NTOK)[:, None]
+        ok = (kf[None, :] <= qf) & (kf[None, :] > qf - WIN) & mm[:, None] & nm[None, :]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p).to(do.dtype), do)
         dp = tl.dot(do, tl.trans(v))
@@ -130,7 +148,7 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
 
 @jit
 def _fa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-                      sdb, sdh, sds, H, S, D, NTOK, scale,
+                      sdb, sdh, sds, H, S, D, NTOK, WIN, scale,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # grid (cdiv(S, BLOCK_M), B * H)
     pid_m = tl.program_id(0)
@@ -149,15 +167,17 @@ def _fa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqs, skb, skh, sks,
     qf = offs_m // NTOK
     last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, S) - 1
     kend = tl.minimum(S, (last // NTOK + 1) * NTOK)
+    kbeg = tl.maximum(0, (pid_m * BLOCK_M) // NTOK - WIN + 1) * NTOK
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    for start in range(0, kend, BLOCK_N):
+    for start in range(kbeg, kend, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nm = offs_n < kend
         kmask = nm[:, None] & dm[None, :]
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kmask, other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kmask, other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale
-        ok = ((offs_n[None, :] // NTOK) <= qf[:, None]) & nm[None, :] & mm[:, None]
+        kf = offs_n[None, :] // NTOK
+        ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :] & mm[:, None]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
@@ -179,9 +199,9 @@ def _last_dim_contig(*ts):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
 
-def frame_attn_fwd_triton(q, k, v, tokens_per_frame: int, scale: float | None = None):
+def frame_attn_fwd_triton(q, k, v, tokens_per_frame: int, scale: float | None = None, window: int | None = None):
     """Launcher: returns (o (B, H, S, D) in q.dtype, lse (B, H, S) fp32, natural log)."""
-    scale = _resolve(q, k, v, tokens_per_frame, scale)
+    scale = _resolve(q, k, v, tokens_per_frame, scale, window)
     q, k, v = _last_dim_contig(q, k, v)
     B, H, S, D = q.shape
     o = torch.empty(B, H, S, D, device=q.device, dtype=q.dtype)
@@ -190,14 +210,17 @@ def frame_attn_fwd_triton(q, k, v, tokens_per_frame: int, scale: float | None = 
     grid = (cdiv(S, BLOCK_M), B * H)
     kernel(_fa_fwd_kernel, q)[grid](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                                     k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1),
-                                    o.stride(2), H, S, D, tokens_per_frame, scale * _LOG2E,
+                                    o.stride(2), H, S, D, tokens_per_frame, _win(window, S, tokens_per_frame),
+                                    scale * _LOG2E,
                                     BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     return o, lse
 
 
-def frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame: int, scale: float | None = None):
+def frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame: int, scale: float | None = None,
+                          window: int | None = None):
     """Launcher: returns (dq, dk, dv) in the inputs' dtype, contiguous (B, H, S, D)."""
-    scale = _resolve(q, k, v, tokens_per_frame, scale)
+    scale = _resolve(q, k, v, tokens_per_frame, scale, window)
+    win = _win(window, q.shape[2], tokens_per_frame)
     q, k, v = _last_dim_contig(q, k, v)
     do = do.contiguous()
     B, H, S, D = q.shape
@@ -209,28 +232,29 @@ def frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame: int, scale: flo
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     meta = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     kernel(_fa_bwd_dkdv_kernel, q)[(cdiv(S, BLOCK_N), B * H)](q, k, v, do, lse, delta, dk, dv, *strides, H, S, D,
-                                                               tokens_per_frame, scale, **meta)
+                                                               tokens_per_frame, win, scale, **meta)
     kernel(_fa_bwd_dq_kernel, q)[(cdiv(S, BLOCK_M), B * H)](q, k, v, do, lse, delta, dq, *strides, H, S, D,
-                                                             tokens_per_frame, scale, **meta)
+                                                             tokens_per_frame, win, scale, **meta)
     return dq, dk, dv
 
 
 # ------------------------------------------------------- torch implementations (CPU dispatch)
-def _scores_torch(q, k, tokens_per_frame, scale):
+def _scores_torch(q, k, tokens_per_frame, scale, window):
     S = q.shape[-2]
     f = torch.arange(S, device=q.device) // tokens_per_frame
     s = (compute(q) @ compute(k).transpose(-1, -2)) * scale  # (B, H, S, S)
-    return s.masked_fill(~(f[None, :] <= f[:, None]), float("-inf"))
+    mask = (f[None, :] <= f[:, None]) & (f[None, :] > f[:, None] - _win(window, S, tokens_per_frame))
+    return s.masked_fill(~mask, float("-inf"))
 
 
-def _fwd_torch(q, k, v, tokens_per_frame, scale):
-    s = _scores_torch(q, k, tokens_per_frame, scale)
+def _fwd_torch(q, k, v, tokens_per_frame, scale, window):
+    s = _scores_torch(q, k, tokens_per_frame, scale, window)
     lse = torch.logsumexp(s, -1)
     return ((s - lse[..., None]).exp() @ compute(v)).to(q.dtype), lse
 
 
-def _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale):
-    p = (_scores_torch(q, k, tokens_per_frame, scale) - lse[..., None].to(compute(q).dtype)).exp()  # (B, H, S, S)
+def _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale, window):
+    p = (_scores_torch(q, k, tokens_per_frame, scale, window) - lse[..., None].to(compute(q).dtype)).exp()  # (B, H, S, S)
     dof = compute(do)
     dv = p.transpose(-1, -2) @ dof
     dp = dof @ compute(v).transpose(-1, -2)
@@ -243,37 +267,43 @@ def _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale):
 # ------------------------------------------------------------------------------ registration
 @torch.library.triton_op("dvakern::frame_attn_fwd", mutates_args=())
 def _fa_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
-               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+               scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # window <= 0: unlimited
     if q.device.type == "cuda" or use_triton(q):
-        return frame_attn_fwd_triton(q, k, v, tokens_per_frame, scale)
-    return _fwd_torch(q, k, v, tokens_per_frame, scale)
+        return frame_attn_fwd_triton(q, k, v, tokens_per_frame, scale, window)
+    return _fwd_torch(q, k, v, tokens_per_frame, scale, window)
 
 
 @torch.library.triton_op("dvakern::frame_attn_bwd", mutates_args=())
 def _fa_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-               lse: torch.Tensor, tokens_per_frame: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               lse: torch.Tensor, tokens_per_frame: int, scale: float,
+               window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type == "cuda" or use_triton(q):
-        return frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame, scale)
-    return _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale)
+        return frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame, scale, window)
+    return _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale, window)
 
 
 def _fa_setup(ctx, inputs, output):
-    q, k, v, tokens_per_frame, scale = inputs
+    q, k, v, tokens_per_frame, scale, window = inputs
     o, lse = output
-    ctx.tokens_per_frame, ctx.scale = tokens_per_frame, scale
+    ctx.tokens_per_frame, ctx.scale, ctx.window = tokens_per_frame, scale, window
     ctx.save_for_backward(q, k, v, o, lse)
 
 
 def _fa_backward(ctx, do, _dlse):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _fa_bwd_op(do, q, k, v, o, lse, ctx.tokens_per_frame, ctx.scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = _fa_bwd_op(do, q, k, v, o, lse, ctx.tokens_per_frame, ctx.scale, ctx.window)
+    return dq, dk, dv, None, None, None
 
 
 _fa_fwd_op.register_autograd(_fa_backward, setup_context=_fa_setup)
 
 
-def frame_attention(q, k, v, tokens_per_frame: int, scale: float | None = None):
+def frame_attention(q, k, v, tokens_per_frame: int, scale: float | None = None, window: int | None = None):
+    """window: attend to the last `window` frames only (None: all past frames)."""
+    if window is not None and window < 1:
+        raise ValueError(f"frame_attention: window must be >= 1 frame (or None), got {window}")
     if use_triton(q):
-        return _fa_fwd_op(q, k, v, tokens_per_frame, _resolve(q, k, v, tokens_per_frame, scale))[0]
-    return frame_attn_ref(q, k, v, tokens_per_frame, scale)
+        scale = _resolve(q, k, v, tokens_per_frame, scale, window)
+        return _fa_fwd_op(q, k, v, tokens_per_frame, scale, 0 if window is None else int(window))[0]
+    return frame_attn_ref(q, k, v, tokens_per_frame, scale, window)

@@ -125,8 +125,11 @@ def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scal
         s = (tl.dot(q1, tl.trans(k1r)) + tl.dot(q2, tl.trans(k2r))) * qk_scale  # (BLOCK_Q, BLOCK_K), log2 units
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        # a row with nothing visible yet (tile outside its window / empty slots) keeps m = -inf:
+        # subtract 0 instead so p = 0 and alpha = 0 rather than NaN from (-inf) - (-inf)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         vofs = j[:, None] * D + dd[None, :]
         vmask = dd[None, :] < D

@@ -44,11 +44,11 @@ def test_opcheck_gn_mod_silu(channels_last, mod):
 
 def test_opcheck_frame_attention():
     q, k, v = _qkv(requires_grad=True)
-    torch.library.opcheck(OPS.frame_attn_fwd.default, (q, k, v, 4, 0.3))
+    torch.library.opcheck(OPS.frame_attn_fwd.default, (q, k, v, 4, 0.3, 0))
     with torch.no_grad():
-        o, lse = OPS.frame_attn_fwd(q, k, v, 4, 0.3)
+        o, lse = OPS.frame_attn_fwd(q, k, v, 4, 0.3, 2)
     torch.library.opcheck(OPS.frame_attn_bwd.default, (torch.randn_like(o), q.detach(), k.detach(), v.detach(),
-                                                       o, lse, 4, 0.3))
+                                                       o, lse, 4, 0.3, 2))
 
 
 def test_opcheck_ring_decode():
@@ -71,7 +71,8 @@ def test_opcheck_flow_step_and_conv_block():
 # ------------------------------------------------------------------------------ gradcheck
 def test_gradcheck_frame_attention_fp64():
     q, k, v = _qkv(dtype=torch.float64, requires_grad=True, S=6, D=4)
-    assert torch.autograd.gradcheck(lambda a, b_, c: OPS.frame_attn_fwd(a, b_, c, 2, 0.5)[0], (q, k, v))
+    for window in (0, 2):  # unlimited, and the last 2 frames
+        assert torch.autograd.gradcheck(lambda a, b_, c: OPS.frame_attn_fwd(a, b_, c, 2, 0.5, window)[0], (q, k, v))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -102,7 +103,9 @@ def test_registered_cpu_paths_match_references():
     torch.testing.assert_close(mean, m)
     torch.testing.assert_close(rstd, torch.rsqrt(var + 1e-5))
     q, k, v = _qkv()
-    torch.testing.assert_close(OPS.frame_attn_fwd(q, k, v, 4, 1 / math.sqrt(8))[0], dvakern.frame_attn_ref(q, k, v, 4))
+    torch.testing.assert_close(OPS.frame_attn_fwd(q, k, v, 4, 1 / math.sqrt(8), 0)[0], dvakern.frame_attn_ref(q, k, v, 4))
+    torch.testing.assert_close(OPS.frame_attn_fwd(q, k, v, 4, 1 / math.sqrt(8), 2)[0],
+                               dvakern.frame_attn_ref(q, k, v, 4, window=2))
 
 
 # ----------------------------------------------------------------------- backend switch
@@ -185,7 +188,7 @@ def test_opcheck_cuda():
     q, k, v = (t.cuda() for t in _qkv(requires_grad=False))
     for t in (q, k, v):
         t.requires_grad_()
-    torch.library.opcheck(OPS.frame_attn_fwd.default, (q, k, v, 4, 0.3))
+    torch.library.opcheck(OPS.frame_attn_fwd.default, (q, k, v, 4, 0.3, 2))
     x, w, b, s, sh = (t.cuda() for t in _gn_inputs(channels_last=True))
     x.requires_grad_()
     torch.library.opcheck(OPS.gn_mod_silu_fwd.default, (x, w, b, s, sh, 3, 1e-5))

@@ -95,31 +95,34 @@ def test_gn_mod_silu_fwd_bwd(device, shape, channels_last, mod):
 
 
 # ------------------------------------------------------------------------- frame attention
-FA_CASES = [(2, 3, 7, 5, 48), (1, 2, 3, 16, 32), (1, 1, 5, 4, 128), (1, 2, 9, 1, 64)]  # (B, H, T, N, D)
+# (B, H, T, N, D, window): odd sizes, D 32-128, one token per frame, sliding windows
+FA_CASES = [(2, 3, 7, 5, 48, None), (1, 2, 3, 16, 32, None), (1, 1, 5, 4, 128, 2), (1, 2, 9, 1, 64, 3),
+            (1, 2, 9, 4, 32, 1)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", FA_CASES, ids=lambda s: "x".join(map(str, s)))
 def test_frame_attention_fwd_bwd(device, shape):
-    B, H, T, N, D = shape
+    B, H, T, N, D, win = shape
     S = T * N
     g = torch.Generator().manual_seed(2)
     for dtype in _dtypes(device):
         # q, k, v as the model makes them: a (B, S, H, D) projection viewed as (B, H, S, D)
         q, k, v = (torch.randn(B, S, H, D, generator=g).to(device, dtype).transpose(1, 2) for _ in range(3))
         do = torch.randn(B, H, S, D, generator=g).to(device, dtype)
-        o, lse = frame_attn_fwd_triton(q, k, v, N)
+        o, lse = frame_attn_fwd_triton(q, k, v, N, window=win)
 
         def run_ref(cast):
             ins = [cast(t).requires_grad_() for t in (q, k, v)]
-            out = frame_attn_ref(*ins, N)
+            out = frame_attn_ref(*ins, N, window=win)
             out.backward(cast(do))
             return out, [t.grad for t in ins]
 
         o64, g64 = run_ref(_d64)
         op, gp = run_ref(lambda t: t.detach().clone())
         assert_within_budget(f"frame attn fwd {dtype}", o, op, o64, floor=_floor(dtype))
-        for name, got, plain, ref in zip(("dq", "dk", "dv"), frame_attn_bwd_triton(do, q, k, v, o, lse, N), gp, g64):
+        for name, got, plain, ref in zip(("dq", "dk", "dv"), frame_attn_bwd_triton(do, q, k, v, o, lse, N, window=win),
+                                             gp, g64):
             assert_within_budget(f"frame attn {name} {dtype}", got, plain, ref, floor=_floor(dtype))
 
 
@@ -185,7 +188,7 @@ def test_public_ops_on_triton_backend_match_ref(monkeypatch):
     def run(name):
         with dvakern.backend(name):
             ins = [t.clone().requires_grad_() for t in (q, k, v, x, w, b, s, sh)]
-            o = dvakern.frame_attention(*ins[:3], 4)
+            o = dvakern.frame_attention(*ins[:3], 4) + dvakern.frame_attention(*ins[:3], 4, window=2)
             y = dvakern.gn_mod_silu(*ins[3:], 4)
             (o.square().sum() + (y * y.detach().flip(-1)).sum()).backward()
             return [o, y] + [t.grad for t in ins]
