@@ -15,6 +15,8 @@ backward) + F.conv2d.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -134,9 +136,9 @@ def pack_conv_weight(conv_weight):
 
 
 @torch.library.triton_op("dvakern::gn_silu_conv3x3", mutates_args=())
-def _gn_conv_op(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, scale: torch.Tensor | None,
-                shift: torch.Tensor | None, num_groups: int, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
-                residual: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _gn_conv_op(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, scale: Optional[torch.Tensor],
+                shift: Optional[torch.Tensor], num_groups: int, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+                residual: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     if x.device.type == "cuda" or use_triton(x):
         return gn_silu_conv3x3_triton(x, gn_weight, gn_bias, scale, shift, num_groups, conv_weight, conv_bias,
                                       residual, eps)

@@ -14,6 +14,8 @@ dscale, dshift and the group terms; a second kernel writes dx.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -332,8 +334,8 @@ def _cpu_fwd(x, weight, bias, scale, shift, num_groups, eps):
 
 # ------------------------------------------------------------------------------ registration
 @torch.library.triton_op("dvakern::gn_mod_silu_fwd", mutates_args=())
-def _gn_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
-               shift: torch.Tensor | None, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gn_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: Optional[torch.Tensor],
+               shift: Optional[torch.Tensor], num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if x.device.type == "cuda" or use_triton(x):
         return gn_mod_silu_fwd_triton(x, weight, bias, scale, shift, num_groups, eps)
     return _cpu_fwd(x, weight, bias, scale, shift, num_groups, eps)
@@ -341,7 +343,7 @@ def _gn_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale:
 
 @torch.library.triton_op("dvakern::gn_mod_silu_bwd", mutates_args=())
 def _gn_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               scale: torch.Tensor | None, shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+               scale: Optional[torch.Tensor], shift: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                num_groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if x.device.type == "cuda" or use_triton(x):
         return gn_mod_silu_bwd_triton(dy, x, weight, bias, scale, shift, mean, rstd, num_groups)

@@ -3,15 +3,13 @@ interpreter (fp32, odd shapes, both GroupNorm layouts, every gradient), and on C
 bf16) when a GPU is present.
 
 The launchers build an interpreted twin of each kernel for CPU tensors whatever the import order
-(dvakern/_triton.py); TRITON_INTERPRET=1 is set here too so the ops' backend switch accepts CPU
-tensors on the 'triton' backend. Shapes are small: the interpreter runs each program in Python.
+and whatever TRITON_INTERPRET said when Triton was imported (dvakern/_triton.py), so this module
+never sets TRITON_INTERPRET globally (on a GPU machine that would interpret every Triton kernel of
+the session, inductor's included); the backend-switch tests set it with monkeypatch only.
+Shapes are small: the interpreter runs each program in Python.
 """
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
