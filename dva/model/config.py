@@ -28,6 +28,7 @@ class DVAConfig:
     dec_ch: tuple[int, ...] = (32, 64, 128)
     dec_blocks: int = 1
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
+    motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
     action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
     sampler_steps: int = 4
     # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t

@@ -29,11 +29,17 @@ from .unet import FlowUNet
 
 @dataclass
 class Context:
-    """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t and
-    the encoder's features of frame t (the spatial skip)."""
+    """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t, the
+    encoder's features of frame t (the spatial skip) and frame t itself (B, 3, H, W)."""
 
     tokens: torch.Tensor
     feats: list
+    frame: torch.Tensor
+
+
+# The velocity (x_hat - x_tau) / (1 - tau) is capped near tau = 1 (never reached by the sampler,
+# whose last evaluation is at tau = 1 - 1/steps).
+_MIN_1_TAU = 1e-2
 
 
 class DVA(nn.Module):
@@ -61,12 +67,14 @@ class DVA(nn.Module):
         N = self.cfg.tokens_per_frame
         tok, feats = self.encoder(x.flatten(0, 1))  # (B*T, N, D)
         out = self.transformer(tok.reshape(B, T * N, -1), N)  # (B, T*N, D)
-        return Context(out.view(B * T, N, -1), feats)
+        return Context(out.view(B * T, N, -1), feats, x.flatten(0, 1))
 
     def forward(self, x, actions, generator=None):
         """Flow-matching loss. x: (B, L, 3, H, W) in [-1, 1]; actions: (B, L, 2) pixel units
         (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
-        with an independent noise level. Returns the scalar loss."""
+        with an independent noise level. The loss is on the predicted clean frame (x-prediction:
+        the velocity loss weighted by (1 - tau)^2, which keeps it bounded near tau = 1).
+        Returns the scalar loss."""
         B, L = x.shape[:2]
         if L < 2:
             raise ValueError(f"training needs sequences of at least 2 frames, got L={L}")
@@ -80,8 +88,12 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        v = self.decoder(x_tau, tau, ctx.tokens, ctx.feats, act, keep)
-        return F.mse_loss(v.float(), (target - noise).float())
+        x_hat = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep)
+        # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
+        # frame; weighting them up keeps the loss from being all "copy the background".
+        moved = ((target - ctx.frame).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
+        w = 1.0 + self.cfg.motion_weight * moved
+        return ((x_hat.float() - target.float()) ** 2 * w).sum() / (w.sum() * 3)
 
     # ---- inference --------------------------------------------------------------------------
     def init_cache(self, batch_size: int, device, dtype=torch.float32) -> RingCache:
@@ -91,7 +103,7 @@ class DVA(nn.Module):
         """Encode one frame (B, 3, H, W), run one transformer step through the ring cache
         (appending it) and return the context for predicting the next frame."""
         tok, feats = self.encoder(frame)
-        return Context(self.transformer.step(tok, cache), feats)
+        return Context(self.transformer.step(tok, cache), feats, frame)
 
     def prefill(self, cache: RingCache, frames: torch.Tensor) -> Context:
         """Observe T frames (B, T, 3, H, W) at once (empty cache). Returns the last frame's context."""
@@ -100,12 +112,13 @@ class DVA(nn.Module):
         tok, feats = self.encoder(frames.flatten(0, 1))  # (B*T, N, D)
         out = self.transformer.prefill(tok.reshape(B, T * N, -1), cache, N)  # (B, T*N, D)
         last = [f.view(B, T, *f.shape[1:])[:, -1] for f in feats]
-        return Context(out.view(B, T, N, -1)[:, -1], last)
+        return Context(out.view(B, T, N, -1)[:, -1], last, frames[:, -1])
 
     def velocity(self, x_tau, tau, ctx: Context, action=None):
-        """Decoder call: action in pixel units (B, 2) or None."""
+        """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
         a = None if action is None else fr.norm_action(action)
-        return self.decoder(x_tau, tau, ctx.tokens, ctx.feats, a)
+        x_hat = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a)
+        return (x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1)
 
     def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None):
         """Few-step Euler ODE solve tau 0 -> 1. action: (B, 2) pixel units being executed between
