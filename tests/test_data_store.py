@@ -52,6 +52,8 @@ def test_frames_option_stores_gym_pixels(tmp_path):
     ds = load_dataset(tmp_path / "f")
     assert ds.frames is not None and ds.frames.shape == (5, 96, 96, 3)
     assert np.array_equal(ds.frames, eps[0].frames)
+    lean = load_dataset(tmp_path / "f", frames=False)
+    assert lean.frames is None and np.array_equal(lean.states, ds.states)
 
 
 def test_corrupted_shard_is_named(tmp_path):

@@ -129,7 +129,7 @@ class SequenceLoader:
         self.names = sorted(sources)
         self.sources = {}
         for name in self.names:
-            ds = load_dataset(sources[name])
+            ds = load_dataset(sources[name], frames=False)
             self.sources[name] = _Source(name, ds, seq_len, split, val_fraction, self.device)
 
     def _generator(self, step: int) -> torch.Generator:

@@ -155,8 +155,11 @@ def _check_arrays(a: dict, where: str) -> None:
         raise DatasetError(f"{where}: frames must be uint8, got {a['frames'].dtype}")
 
 
-def read_shard(path: Path, entry: dict | None = None) -> dict[str, np.ndarray]:
-    """Load one shard, verifying it against its manifest entry (size, sha256, counts)."""
+def read_shard(path: Path, entry: dict | None = None, frames: bool = True) -> dict[str, np.ndarray]:
+    """Load one shard, verifying it against its manifest entry (size, sha256, counts).
+
+    frames=False leaves stored frames on disk (they are 27 KiB each; the checksum still covers them).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: shard listed in the manifest is missing")
@@ -170,7 +173,7 @@ def read_shard(path: Path, entry: dict | None = None) -> dict[str, np.ndarray]:
                                f"{entry['sha256'][:12]}...): corrupted or not the shard that was written")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files if frames or k != "frames"}
     except Exception as e:  # zip/npy format errors of every kind
         raise DatasetError(f"{path}: not a readable npz shard ({type(e).__name__}: {e})") from None
     _check_arrays(arrays, str(path))
@@ -260,8 +263,12 @@ class Dataset:
         return out
 
 
-def load_dataset(root, progress: bool = False) -> Dataset:
-    """Read and verify every shard of a dataset directory. Raises DatasetError naming the file."""
+def load_dataset(root, progress: bool = False, frames: bool = True) -> Dataset:
+    """Read and verify every shard of a dataset directory. Raises DatasetError naming the file.
+
+    frames=False skips stored frames (Dataset.frames is None), e.g. for the loader, which
+    re-renders them; a 1M-frame dataset's frames would need 27 GiB of memory.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset directory does not exist")
@@ -280,7 +287,7 @@ def load_dataset(root, progress: bool = False) -> Dataset:
             raise DatasetError(f"{root / MANIFEST}: shard {entry['file']} starts at episode "
                                f"{entry['first_episode']}, expected {expected_first} (gap or overlap)")
         expected_first += entry["episodes"]
-        parts.append(read_shard(root / entry["file"], entry))
+        parts.append(read_shard(root / entry["file"], entry, frames))
     cat = {k: np.concatenate([p[k] for p in parts]) for k in
            ("episode", "seed", "steps", "states", "agent_vel", "coverage", "actions")}
     frames = np.concatenate([p["frames"] for p in parts]) if all("frames" in p for p in parts) else None
