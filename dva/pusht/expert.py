@@ -50,7 +50,7 @@ class ExpertConfig:
     continue_bonus: float = 0.05  # relative preference for repeating the previous primitive
     finish_steps: float = 1.0  # steps a push is expected to need after the pointer stops
     settle_tol: float = 2.5  # disc within this of the pre-contact point before pushing, px
-    finish_tol: float = 2.5  # push done when the disc is this close to its end point, px
+    finish_tol: float = 6.0  # push done when the disc is this close to its end (at far speed), px
     replan_tol: float = 1.0  # block moved this much (px, or 0.02 rad) off-plan -> replan
     max_phase_steps: int = 40  # safety: any phase longer than this replans
     done_error: float = 0.6  # corner error (px) at which the expert just holds still
