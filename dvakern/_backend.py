@@ -38,11 +38,10 @@ def backend(name: str):
 
 
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    # decided once at import (dvakern._triton): no import statement in the per-step path, which
+    # torch.compile would otherwise have to trace
+    from ._triton import HAVE_TRITON
+    return HAVE_TRITON
 
 
 def compute(t):
