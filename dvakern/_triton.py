@@ -89,6 +89,13 @@ def kernel(k, t: torch.Tensor):
     return _Interpreted(k)
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: true fp32 ("ieee") for fp32 tensors, so fp32 kernels meet the fp32
+    error budget (Triton's default for fp32 dots on NVIDIA is TF32); "tf32" otherwise (bf16/fp16
+    operands ignore it, and fp32 intermediates of bf16 inputs do not need more than TF32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import compute, get_backend, use_triton
-from ._triton import cdiv, jit, kernel, next_pow2, tl
+from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl
 from .gn_silu import _check as _check_gn
 from .gn_silu import gn_mod_silu, gn_mod_silu_ref, gn_stats_triton
 
@@ -57,7 +57,8 @@ def _check(x, gn_weight, gn_bias, scale, shift, num_groups, conv_weight, conv_bi
 def _gn_conv_kernel(X, MEAN, RSTD, GW, GB, SCALE, SHIFT, WT, CB, RES, Y,
                     B, H, W, CIN, COUT, G, CG, sxb, sxc, sxh, sxw, srb, src, srh, srw,
                     HAS_MOD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    DOT_PREC: tl.constexpr):
     # grid (cdiv(B*H*W, BLOCK_M), cdiv(COUT, BLOCK_N)); WT is (9 * CIN, COUT) contiguous; Y channels_last
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -92,7 +93,7 @@ def _gn_conv_kernel(X, MEAN, RSTD, GW, GB, SCALE, SHIFT, WT, CB, RES, Y,
             hv = tl.where(lm, a / (1.0 + tl.exp(-a)), 0.0)  # zero padding lives after the activation
             wv = tl.load(WT + (tap * CIN + cc)[:, None] * COUT + offs_n[None, :], mask=cm[:, None] & nm[None, :],
                          other=0.0)
-            acc += tl.dot(hv.to(wv.dtype), wv)
+            acc += tl.dot(hv.to(wv.dtype), wv, input_precision=DOT_PREC)
     if HAS_BIAS:
         acc += tl.load(CB + offs_n, mask=nm, other=0.0).to(tl.float32)[None, :]
     om = mm[:, None] & nm[None, :]
@@ -125,7 +126,8 @@ def gn_silu_conv3x3_triton(x, gn_weight, gn_bias, scale, shift, num_groups: int,
                                      x.stride(0), x.stride(1), x.stride(2), x.stride(3),
                                      res.stride(0), res.stride(1), res.stride(2), res.stride(3),
                                      HAS_MOD=has_mod, HAS_BIAS=has_bias, HAS_RES=has_res,
-                                     BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                                     BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                                     DOT_PREC=dot_precision(x.dtype))
     return y
 
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from ._backend import compute, use_triton
-from ._triton import cdiv, jit, kernel, next_pow2, tl
+from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl
 
 _LOG2E = 1.4426950408889634
 
@@ -57,7 +57,8 @@ def frame_attn_ref(q, k, v, tokens_per_frame: int, scale: float | None = None, w
 @jit
 def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
                    H, S, D, NTOK, WIN, qk_scale,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -82,7 +83,7 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
                     other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=nm[:, None] & dm[None, :],
                     other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         kf = offs_n[None, :] // NTOK
         ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :]
         s = tl.where(ok, s, float("-inf"))
@@ -93,7 +94,7 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # padding rows past S see nothing; they are not stored
     o = acc / l_i[:, None]
@@ -106,7 +107,8 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
 @jit
 def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
                         sdb, sdh, sds, H, S, D, NTOK, WIN, scale,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
     # grid (cdiv(S, BLOCK_N), B * H); dq/dk/dv/do share q's layout (contiguous (B, H, S, D))
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -133,14 +135,14 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
         do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sds + offs_d[None, :], mask=qmask, other=0.0)
         lse = tl.load(LSE + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale  # (BLOCK_M, BLOCK_N)
         qf = (offs_m // NTOK)[:, None]
         ok = (kf[None, :] <= qf) & (kf[None, :] > qf - WIN) & mm[:, None] & nm[None, :]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p).to(do.dtype), do)
-        dp = tl.dot(do, tl.trans(v))
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PREC)
     tl.store(DK + b * sdb + h * sdh + offs_n[:, None] * sds + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=kmask)
     tl.store(DV + b * sdb + h * sdh + offs_n[:, None] * sds + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
@@ -149,7 +151,8 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
 @jit
 def _fa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
                       sdb, sdh, sds, H, S, D, NTOK, WIN, scale,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
     # grid (cdiv(S, BLOCK_M), B * H)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -175,13 +178,13 @@ def _fa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqs, skb, skh, sks,
         kmask = nm[:, None] & dm[None, :]
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kmask, other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
         kf = offs_n[None, :] // NTOK
         ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :] & mm[:, None]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
     tl.store(DQ + b * sdb + h * sdh + offs_m[:, None] * sds + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=qmask)
 
@@ -212,7 +215,8 @@ def frame_attn_fwd_triton(q, k, v, tokens_per_frame: int, scale: float | None = 
                                     k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1),
                                     o.stride(2), H, S, D, tokens_per_frame, _win(window, S, tokens_per_frame),
                                     scale * _LOG2E,
-                                    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+                                    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+                                    DOT_PREC=dot_precision(q.dtype))
     return o, lse
 
 
@@ -230,7 +234,7 @@ def frame_attn_bwd_triton(do, q, k, v, o, lse, tokens_per_frame: int, scale: flo
     BLOCK_M, BLOCK_N, BLOCK_D = _blocks(S, D)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    meta = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+    meta = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, DOT_PREC=dot_precision(q.dtype))
     kernel(_fa_bwd_dkdv_kernel, q)[(cdiv(S, BLOCK_N), B * H)](q, k, v, do, lse, delta, dk, dv, *strides, H, S, D,
                                                                tokens_per_frame, win, scale, **meta)
     kernel(_fa_bwd_dq_kernel, q)[(cdiv(S, BLOCK_M), B * H)](q, k, v, do, lse, delta, dq, *strides, H, S, D,

@@ -24,7 +24,7 @@ import math
 import torch
 
 from ._backend import compute, use_triton
-from ._triton import cdiv, jit, kernel, next_pow2, tl
+from ._triton import dot_precision, jit, kernel, next_pow2, tl
 from .rope import apply_rope_ref
 
 
@@ -69,7 +69,7 @@ def _check(q, k_new, v_new, k_cache, v_cache, slot_pos, pos):
 @jit
 def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scale, log2_base,
                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                        BLOCK_D: tl.constexpr):
+                        BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
     # grid (B * H,); q, k_new, v_new, o contiguous (B, H, N, D); caches contiguous (B, H, W, N, D)
     bh = tl.program_id(0).to(tl.int64)
     HALF = D // 2
@@ -122,7 +122,9 @@ def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scal
         s_ = tl.sin(ang)
         k1r = k1 * c - k2 * s_
         k2r = k1 * s_ + k2 * c
-        s = (tl.dot(q1, tl.trans(k1r)) + tl.dot(q2, tl.trans(k2r))) * qk_scale  # (BLOCK_Q, BLOCK_K), log2 units
+        s = tl.dot(q1, tl.trans(k1r), input_precision=DOT_PREC)
+        s += tl.dot(q2, tl.trans(k2r), input_precision=DOT_PREC)
+        s = s * qk_scale  # (BLOCK_Q, BLOCK_K), log2 units
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with nothing visible yet (tile outside its window / empty slots) keeps m = -inf:
@@ -136,7 +138,7 @@ def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scal
         v = tl.load(VC + cache_base + vofs, mask=from_cache[:, None] & vmask, other=0.0).to(tl.float32) + \
             tl.load(VN + new_base + tok[:, None] * D + dd[None, :], mask=from_new[:, None] & vmask,
                     other=0.0).to(VC.dtype.element_ty).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p, v)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PREC)
         m_i = m_new
     o = acc / l_i[:, None]
     tl.store(O + new_base + aofs, o.to(O.dtype.element_ty), mask=am)
@@ -156,7 +158,8 @@ def ring_decode_triton(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_ba
     BLOCK_K = 64 if BLOCK_D <= 64 else 32
     kernel(_ring_decode_kernel, q)[(B * H,)](q, k_new, v_new, k_cache, v_cache, slot_pos, pos, o, H, W, N, D,
                                              scale * 1.4426950408889634, math.log2(rope_base),
-                                             BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K, BLOCK_H=BLOCK_H, BLOCK_D=BLOCK_D)
+                                             BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K, BLOCK_H=BLOCK_H, BLOCK_D=BLOCK_D,
+                                             DOT_PREC=dot_precision(q.dtype))
     return o
 
 
