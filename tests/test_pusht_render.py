@@ -5,7 +5,8 @@ import torch
 
 from dva.pusht import render_frames
 from dva.pusht.env import PushTEnv
-from dva.pusht.render import LAYERS, T_BAR, T_STEM, WHITE, compare_with_gym
+from dva.pusht.render import LAYERS, T_BAR, T_STEM, WHITE
+from dva.pusht.render_check import compare_with_gym
 
 PALETTE = [WHITE] + [c for _, c, _ in LAYERS]
 
