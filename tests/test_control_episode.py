@@ -89,18 +89,21 @@ def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
 
 
 class SlowModel:
-    """Timing harness, not the product: the real tiny DVA, made deliberately slow by a sleep per
-    predicted frame, so latency spans several control periods."""
+    """Timing harness, not the product: the real tiny DVA, made deliberately slow. Each predicted
+    frame takes `per_frame_s` (a sleep pads the real compute), so latency spans several control
+    periods and hardly depends on how loaded the shared CPU is."""
 
-    def __init__(self, model, sleep_s):
-        self.model, self.sleep_s = model, sleep_s
+    def __init__(self, model, per_frame_s):
+        self.model, self.per_frame_s = model, per_frame_s
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
     def sample(self, *args, **kwargs):
-        time.sleep(self.sleep_s)
-        return self.model.sample(*args, **kwargs)
+        t0 = time.perf_counter()
+        x = self.model.sample(*args, **kwargs)
+        time.sleep(max(0.0, self.per_frame_s - (time.perf_counter() - t0)))
+        return x
 
 
 class RecordingPlanner(DVAPlanner):
@@ -116,26 +119,27 @@ class RecordingPlanner(DVAPlanner):
 
 def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
     base, _ = load_planner(tiny_ckpt, "cpu", PlannerConfig(sample_steps=1))
-    planner = RecordingPlanner(SlowModel(base.model, 0.1), base.idm, "cpu", base.cfg)
-    # A 0.5 s period keeps the test robust on a loaded shared CPU: the harness's ~0.1-0.15 s per
-    # predicted frame is a quarter period, so plans need ~6 frames and land 2 steps after their
-    # frame, with 2 steps of margin for load spikes.
-    cfg = LeapfrogConfig(dt=0.5, margin=2, h_init=4, h_max=16)
-    rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=16)
+    planner = RecordingPlanner(SlowModel(base.model, 0.3), base.idm, "cpu", base.cfg)
+    # 0.3 s per predicted frame against a 1 s period (as 30 ms would be at 10 Hz): plans need
+    # >= 6 frames and land >= 2 steps after their frame. The slow period leaves room for the
+    # rest of the work (observing real frames, the IDM), which on the shared 2-core CPU under
+    # load (load average ~9 measured) took up to a second per plan; 2 steps of margin absorb spikes.
+    cfg = LeapfrogConfig(dt=1.0, margin=2, h_init=4, h_max=16)
+    rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=12)
     summary = {k: rec[k] for k in ("deadline_misses", "stale_plans", "plans", "latency_ms", "horizon")}
-    assert rec["steps"] == 16
+    assert rec["steps"] == 12
     assert rec["deadline_misses"] == 0 and rec["stale_plans"] == 0, summary
-    assert rec["plans"] >= 4, summary
-    assert rec["latency_ms"]["p50"] > 500.0, summary  # the harness really is slower than one period...
-    assert rec["horizon"]["max"] >= 5, summary  # ...and the horizon grew to cover it (h >= 2 * 2 + 1)
+    assert rec["plans"] >= 3, summary
+    assert rec["latency_ms"]["p50"] > 1000.0, summary  # the harness really is slower than one period...
+    assert rec["horizon"]["max"] >= 6, summary  # ...and the horizon grew to cover it (h >= 2 * 2 + 2)
     # plans join continuously: every plan starts from exactly the actions that were executed
     committed_total = 0
     for p in planner.plans[1:]:
-        n = min(p.committed, 16 - p.start)
+        n = min(p.committed, 12 - p.start)
         np.testing.assert_array_equal(p.actions[:n], acts[p.start:p.start + n])
         committed_total += n
     assert committed_total > 0
-    assert 0.45 < 1.0 / rec["control_hz"] < 0.55  # the env advanced on the 0.5 s wall clock
+    assert 0.95 < 1.0 / rec["control_hz"] < 1.05  # the env advanced on the 1 s wall clock
 
 
 def run_cli(*args, timeout=240):
