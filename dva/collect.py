@@ -11,6 +11,7 @@ by default (the loader re-renders frames exactly); --frames also stores gym-push
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,41 @@ def _collect_shard(task) -> dict:
     return write_shard(Path(out) / shard_name(first), first, eps)
 
 
+def code_version(policy: str) -> dict:
+    """What generated the data: the policy's source file hash (catches an expert edited between
+    runs, committed or not) and the git commit of the checkout, when there is one."""
+    import hashlib
+    import importlib.util
+    import subprocess
+
+    from dva.pusht.policies import POLICIES
+
+    module = POLICIES[policy].split(":")[0]
+    spec = importlib.util.find_spec(module)
+    src = Path(spec.origin) if spec and spec.origin else None
+    files = [src] if src else []
+    if src:  # plus the dva.pusht modules it imports (the expert's simulator copy)
+        for dep in sorted(set(re.findall(r"^from (?:dva\.pusht)?\.?(\w+) import", src.read_text(), re.M))):
+            f = src.parent / f"{dep}.py"
+            if f.is_file() and f != src:
+                files.append(f)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    out = {"policy_source": module, "policy_source_files": [f.name for f in files],
+           "policy_source_sha256": h.hexdigest() if files else None}
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out["git_commit"] = subprocess.check_output(["git", "-C", str(root), "rev-parse", "HEAD"], text=True,
+                                                    stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "-C", str(root), "status", "--porcelain", "--", *map(str, files)],
+                                        text=True, stderr=subprocess.DEVNULL).strip() if files else ""
+        out["policy_source_uncommitted"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        out["git_commit"] = None
+    return out
+
+
 def plan_shards(manifest: Manifest, episodes: int, shard_size: int) -> list[tuple[int, int]]:
     """(first, n) of the shards still missing to cover episodes [0, episodes)."""
     done = np.zeros(episodes, dtype=bool)
@@ -98,11 +134,19 @@ def collect(cfg: CollectConfig, out: Path, episodes: int, workers: int = 1, prog
             raise DatasetError(f"{out / 'manifest.json'}: dataset was collected with a different config "
                                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                                f"use another --out")
+        code = code_version(cfg.policy)
+        old_code = man.config.get("code", {})
+        if old_code.get("policy_source_sha256") != code["policy_source_sha256"]:
+            raise DatasetError(f"{out / 'manifest.json'}: the {cfg.policy} policy's source ({code['policy_source']}) "
+                               f"changed since this dataset was started (sha256 "
+                               f"{str(old_code.get('policy_source_sha256'))[:12]}... there, "
+                               f"{code['policy_source_sha256'][:12]}... now); use another --out")
         if man.gym_pusht_version != gym_pusht_version():
             raise DatasetError(f"{out / 'manifest.json'}: collected with gym-pusht {man.gym_pusht_version}, "
                                f"this is {gym_pusht_version()} (seeds are not comparable across versions)")
     else:
-        man = Manifest(config={"collect": cfg.identity()}, gym_pusht_version=gym_pusht_version())
+        man = Manifest(config={"collect": cfg.identity(), "code": code_version(cfg.policy)},
+                       gym_pusht_version=gym_pusht_version())
         man.save(out)
     todo = plan_shards(man, episodes, cfg.shard_size)
     overlap = sorted(set(range(cfg.seed, cfg.seed + episodes)) & set(SEEDS))

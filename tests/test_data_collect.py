@@ -1,4 +1,5 @@
 """python -m dva.collect: determinism, resume after an interrupt, config mismatch."""
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,13 @@ def test_extend_and_config_mismatch(tmp_path, capsys):
     assert main(["--policy", "goal", "--max-steps", "10", "--shard-size", "3", "--out", str(tmp_path),
                  "--episodes", "2", "--quiet"]) == 2
     assert "different config (policy: 'random' there, 'goal' now" in capsys.readouterr().err
+    # a policy whose code changed since the dataset was started is refused too
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["config"]["code"]["policy_source_files"] == ["policies.py"]
+    man["config"]["code"]["policy_source_sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    assert main(base + ["--episodes", "8"]) == 2
+    assert "policy's source (dva.pusht.policies) changed" in capsys.readouterr().err
 
 
 def test_plan_shards_fills_gaps():
