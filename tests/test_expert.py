@@ -13,14 +13,17 @@ def _env():
     return gym.make("gym_pusht/PushT-v0", obs_type="state")
 
 
-def _run(policy, seed, steps, stop_on_success=True):
-    """Roll a policy in the real env; returns (actions (T,2), states (T+1,5), best coverage, steps)."""
+def _run(policy, seed, steps, stop_on_success=True, phases=None):
+    """Roll a policy in the real env; returns (actions (T,2), states (T+1,5), best coverage, steps).
+    If `phases` is a list, (phase, steps in phase) of the expert after each action is appended."""
     env = _env()
     obs, info = env.reset(seed=seed)
     policy.reset(seed)
     actions, states, best = [], [obs], 0.0
     for t in range(steps):
         a = policy.act({"state": obs, "agent_vel": info["vel_agent"]})
+        if phases is not None:
+            phases.append((policy.phase, policy.phase_steps))
         obs, _, _, _, info = env.step(a)
         actions.append(a)
         states.append(obs)
@@ -33,7 +36,8 @@ def _run(policy, seed, steps, stop_on_success=True):
 @pytest.fixture(scope="module")
 def expert_episode():
     """One expert episode on a protocol seed (shared: each expert episode costs ~1 s)."""
-    return _run(ExpertPolicy(), 100003, 150)
+    phases = []
+    return (*_run(ExpertPolicy(), 100003, 150, phases=phases), phases)
 
 
 def test_sim_reproduces_gym_pusht_one_step(expert_episode):
@@ -41,7 +45,7 @@ def test_sim_reproduces_gym_pusht_one_step(expert_episode):
     including the pushes (the planner relies on exactly this). Not bit-exact: the env carries
     contact impulses and the block's velocity between steps, which a state does not hold; measured
     on this episode, the rebuilt sim's one-step block error is <= ~7% of the block's move + 0.1 px."""
-    actions, states, _, _ = expert_episode
+    actions, states, _, _, _ = expert_episode
     env = _env()
     obs, info = env.reset(seed=100003)
     agent_err, excess, rot_err, pushed = 0.0, -np.inf, 0.0, 0
@@ -105,13 +109,13 @@ def test_clearance_matches_geometry():
 
 
 def test_expert_solves_protocol_seed(expert_episode):
-    _, _, best, steps = expert_episode
+    _, _, best, steps, _ = expert_episode
     assert best > 0.95, f"expert reached only coverage {best:.3f} on seed 100003"
     assert steps <= 150
 
 
 def test_expert_is_deterministic_for_a_seed(expert_episode):
-    actions, _, _, _ = expert_episode
+    actions, _, _, _, _ = expert_episode
     again, _, _, _ = _run(ExpertPolicy(), 100003, 40)
     np.testing.assert_array_equal(again, actions[:40])
     # Re-using one policy object across episodes gives the same result (reset clears all state).
@@ -122,13 +126,24 @@ def test_expert_is_deterministic_for_a_seed(expert_episode):
 
 
 def test_pointer_moves_like_a_steady_hand(expert_episode):
-    actions, states, _, _ = expert_episode
+    actions, states, _, _, _ = expert_episode
     limit = PRESETS["default"].max_step + 1e-9
     assert np.linalg.norm(actions[0] - states[0][:2]) <= limit, "first action jumped away from the disc"
     steps = np.linalg.norm(np.diff(actions, axis=0), axis=1)
     assert steps.max() <= limit, f"pointer jumped {steps.max():.1f} px in one action"
     assert (actions >= 0).all() and (actions <= 512).all()
     assert actions.dtype == np.float64 and actions.shape[1] == 2
+
+
+def test_approach_routes_around_the_t(expert_episode):
+    """On its way to a contact point the disc does not touch the T (the first 2 approach steps are
+    excluded: the previous push may still be finishing under the disc's momentum)."""
+    _, states, _, _, phases = expert_episode
+    approach = [i for i, (ph, k) in enumerate(phases) if ph == "approach" and k > 2]
+    assert len(approach) >= 5, "the episode had no real approach: the test would not exercise routing"
+    moved = [np.abs(states[i + 1][2:4] - states[i][2:4]).max() for i in approach]
+    assert max(moved) < 0.01, f"the T moved {max(moved):.3f} px during an approach step"
+    assert {"approach", "push"} <= {ph for ph, _ in phases}
 
 
 def test_bad_input_is_named():

@@ -43,7 +43,8 @@ class ExpertConfig:
     push_speed_fine: float = 4.0  # ... while < 8 px: sub-px length resolution per substep
     max_push: float = 150.0  # longest push simulated, px (scaled down near the goal)
     gap: float = 4.0  # disc surface to T distance at the pre-contact point, px
-    route_margin: float = 10.0  # clearance added to the disc radius for route corners, px
+    route_margin: float = 14.0  # clearance added to the disc radius for route corners, px
+    route_clear: float = 1.0  # clearance added to the disc radius along route segments, px
     contact_spacing: float = 15.0  # spacing of contact points along each outline edge, px
     push_angles_deg: tuple[float, ...] = (-30.0, 0.0, 30.0)  # push direction vs inward normal
     log_eps: float = 2.0  # px added to errors inside the log-progress objective (see _make_plan)
@@ -159,6 +160,16 @@ class ExpertPolicy:
             step *= self.cfg.max_step / dist
         self._ptr = np.clip(self._ptr + step, 0.0, 512.0)
         return self._ptr.copy()
+
+    @property
+    def phase(self) -> str:
+        """What the pointer is doing: approach, settle, push, finish, or hold (no push planned)."""
+        return self._plan["phase"] if self._plan is not None else "hold"
+
+    @property
+    def phase_steps(self) -> int:
+        """Actions spent in the current phase so far."""
+        return self._plan["steps"] if self._plan is not None else 0
 
     # ----------------------------------------------------------------------------- execution
     def _next_target(self, agent, pose, agent_vel) -> np.ndarray:
@@ -325,7 +336,7 @@ class ExpertPolicy:
     def _graph(self, start: np.ndarray, pose: np.ndarray):
         """Visibility graph around the T: node 0 = start (stepped out if needed), 1.. = corners."""
         cfg = self.cfg
-        r_ok = AGENT_RADIUS + 1.0
+        r_ok = AGENT_RADIUS + cfg.route_clear
         prefix = []
         c0 = float(t_clearance(start, pose))
         if c0 < r_ok:  # disc is at/inside the buffered outline: step straight out first
@@ -365,8 +376,9 @@ class ExpertPolicy:
         k, n = len(targets), len(nodes)
         a = np.repeat(nodes, k, axis=0)  # (n*K, 2): node-major
         b = np.tile(targets, (n, 1))
-        thr = np.full(n * k, AGENT_RADIUS + 1.0)
-        thr[:k] = np.minimum(AGENT_RADIUS + 1.0, t_clearance(targets, pose) - 0.5)
+        r_ok = AGENT_RADIUS + self.cfg.route_clear
+        thr = np.full(n * k, r_ok)
+        thr[:k] = np.minimum(r_ok, t_clearance(targets, pose) - 0.5)
         vis = _segments_clear(a, b, pose, thr).reshape(n, k) & nodes_ok[:, None]
         total = np.where(vis, dist[:, None] + np.linalg.norm(nodes[:, None] - targets[None], axis=-1), np.inf)
         extra = np.linalg.norm(prefix[0] - self._ptr) if prefix else 0.0
@@ -374,12 +386,13 @@ class ExpertPolicy:
 
     def _route(self, start, target, pose) -> list:
         nodes, nodes_ok, dist, prev, prefix = self._g
-        thr = min(AGENT_RADIUS + 1.0, float(t_clearance(target, pose)) - 0.5)
+        r_ok = AGENT_RADIUS + self.cfg.route_clear
+        thr = min(r_ok, float(t_clearance(target, pose)) - 0.5)
         best, best_len = None, np.inf
         for u in range(len(nodes)):
             if not np.isfinite(dist[u]) or not nodes_ok[u]:
                 continue
-            if _segments_clear(nodes[u][None], target[None], pose, np.array([thr if u == 0 else AGENT_RADIUS + 1.0]))[0]:
+            if _segments_clear(nodes[u][None], target[None], pose, np.array([thr if u == 0 else r_ok]))[0]:
                 ln = dist[u] + np.linalg.norm(nodes[u] - target)
                 if ln < best_len:
                     best, best_len = u, ln
