@@ -6,8 +6,9 @@ Project metadata lives in pyproject.toml; this file only adds the extension:
     GPU is visible: compiled for that GPU's architecture only (or $TORCH_CUDA_ARCH_LIST if set).
 DVA_NO_EXT=1 skips the extension. pip's default isolated build has no torch, so the README's
 `pip install torch==2.13.0 -e ".[test]"` installs the package without the extension (and never
-pulls a torch of its own); build it then with `python -m dvakern.build_ext` (JIT, cached in
-~/.cache/dvakern) or install with `pip install --no-build-isolation -e .`. dvakern works without it.
+pulls a torch of its own). The README installs with `--no-build-isolation`, which builds it;
+`python -m dvakern.build_ext` builds it later (JIT, cached in ~/.cache/dvakern). dvakern works
+without it.
 """
 import os
 import sys
@@ -27,7 +28,8 @@ def _extensions():
               "(build it later with `python -m dvakern.build_ext`)", file=sys.stderr)
         return [], {}
     sources = ["csrc/gn_silu_cpu.cpp"]
-    kw = dict(extra_compile_args={"cxx": ["-O3", "-fopenmp-simd", "-fno-trapping-math"]})
+    kw = dict(extra_compile_args={"cxx": ["-O3", "-fopenmp-simd", "-fno-trapping-math"]},
+              optional=True)  # a failed compile leaves a working pure-Python install
     cuda = bool(torch.version.cuda) and CUDA_HOME is not None and torch.cuda.is_available()
     if cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):

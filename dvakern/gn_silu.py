@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._backend import compute, use_triton
+from ._backend import compute, get_backend, use_triton
 from ._triton import cdiv, jit, kernel, next_pow2, tl
 
 
@@ -374,7 +374,8 @@ def gn_mod_silu(x, weight, bias, scale, shift, num_groups: int, eps: float = 1e-
         _check(x, weight, bias, scale, shift, num_groups)
         return _gn_fwd_op(x, weight, bias, scale, shift, num_groups, eps)[0]
     from . import _ext
-    if x.device.type == "cpu" and _ext.has("gn_mod_silu_fwd_cpu") and x.dtype == torch.float32 \
+    if get_backend() != "ref" and x.device.type == "cpu" and _ext.has("gn_mod_silu_fwd_cpu") \
+            and x.dtype == torch.float32 \
             and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                      for t in (x, weight, bias, scale, shift))):
         # inference on CPU: the C++ fused kernel (csrc/); training keeps the autograd-able reference
