@@ -145,9 +145,23 @@ class LockstepConfig:
 
 
 class DVAPolicy:
-    """The protocol's policy interface around a planner: reads only obs['pixels']."""
+    """The protocol's policy interface around a planner: reads only obs['pixels'].
 
-    def __init__(self, planner: DVAPlanner, cfg: LockstepConfig | None = None):
+    Either give a planner, or a checkpoint (what `python -m dva.eval --policy dva --checkpoint
+    PATH` does through the registry in dva.pusht.policies; default: the packaged checkpoint).
+    Loaded for the CPU, it uses `threads` torch threads (1: eval runs one process per worker, and
+    batch-1 inference on the shared 2-core CPU was many times slower with 2 threads).
+    """
+
+    def __init__(self, planner: DVAPlanner | None = None, cfg: LockstepConfig | None = None, *,
+                 checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1):
+        if planner is None:
+            dev = resolve_device(device)
+            if dev.type == "cpu" and threads:
+                torch.set_num_threads(threads)
+            planner, _ = load_planner(PACKAGED_CHECKPOINT if checkpoint is None else checkpoint, dev)
+        elif checkpoint is not None:
+            raise ValueError("DVAPolicy: give a planner or a checkpoint, not both")
         self.planner = planner
         self.cfg = cfg or LockstepConfig()
         self.leap = Leapfrog(LeapfrogConfig(h_init=self.cfg.horizon, h_min=1, h_max=max(self.cfg.horizon, 1)))
@@ -193,7 +207,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-class CheckpointUnavailable(RuntimeError):
+class CheckpointUnavailable(ValueError):
     """The checkpoint is missing, unreadable or inconsistent; the message says which and why."""
 
 
@@ -216,10 +230,3 @@ def load_planner(path: str | Path, device, cfg: PlannerConfig | None = None) -> 
         lacks = "video model" if model is None else "IDM"
         raise CheckpointUnavailable(f"{what} {tensors_file} has no {lacks} weights; control needs both. {TRAIN_HINT}")
     return DVAPlanner(model.eval(), idm.eval(), device, cfg), meta
-
-
-def make_policy(checkpoint: str | Path = PACKAGED_CHECKPOINT, device: str = "auto",
-                planner: PlannerConfig | None = None, lockstep: LockstepConfig | None = None) -> DVAPolicy:
-    """The DVA as a protocol policy (lockstep, reproducible): what `python -m dva.eval --policy dva` runs."""
-    p, _ = load_planner(checkpoint, resolve_device(device), planner)
-    return DVAPolicy(p, lockstep)

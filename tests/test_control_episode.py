@@ -189,3 +189,15 @@ def test_cli_missing_checkpoint_says_how_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nope.safetensors does not exist" in err and "python -m dva.train" in err
     assert main(["--max-steps", "0"]) == 2 and "--max-steps must be >= 1" in capsys.readouterr().err
+
+
+def test_protocol_runs_dva_through_the_eval_registry(tiny_ckpt):
+    """`python -m dva.eval --policy dva --checkpoint PATH` builds DVAPolicy(checkpoint=...)."""
+    from dva.pusht.protocol import evaluate
+
+    threads = torch.get_num_threads()
+    res = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False,
+                   policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu"})
+    torch.set_num_threads(threads)
+    assert res["gym_pusht_version"] == "0.1.8" and 0.0 <= res["score"] <= 1.0
+    assert len(res["episodes_detail"]) == 1
