@@ -31,10 +31,6 @@ def block_center(state: np.ndarray) -> np.ndarray:
     return state[2:4] + rot(state[4]) @ BLOCK_COG
 
 
-def wrap_angle(a: float) -> float:
-    return (a + math.pi) % (2 * math.pi) - math.pi
-
-
 class _SteadyPointer:
     """Pointer that chases a waypoint with a smoothed velocity and a bounded step (px/step)."""
 
@@ -86,63 +82,72 @@ class RandomSmoothPolicy:
         return self.pointer.move_toward(self.waypoint)
 
 
-class GoalHeuristicPolicy:
-    """Pushes the T roughly toward the goal: translate first (push from behind the centre,
-    approaching around the T), then turn it (push a bar end sideways). No lookahead."""
+# T keypoints in the body frame: the two bar ends and the stem's end (on the T's axes).
+KEYPOINTS = np.array([(-60.0, 15.0), (60.0, 15.0), (0.0, 120.0)])
 
-    def __init__(self, max_step: float = 18.0, smoothing: float = 0.5, pos_tol: float = 12.0,
-                 approach: float = 80.0, clearance: float = 95.0):
-        self.pos_tol, self.approach, self.clearance = pos_tol, approach, clearance
+
+def _inside_t(p: np.ndarray, margin: float) -> bool:
+    """Is body-frame point p within `margin` of the T (bar [-60,60]x[0,30], stem [-15,15]x[30,120])?"""
+    x, y = p
+    return bool((-60 - margin <= x <= 60 + margin and -margin <= y <= 30 + margin)
+                or (-15 - margin <= x <= 15 + margin and 30 - margin <= y <= 120 + margin))
+
+
+class GoalHeuristicPolicy:
+    """Pushes the T roughly toward the goal, without lookahead: find the keypoint (bar ends,
+    stem end) farthest from its goal position, put the disc against the T behind it (on the
+    line through the keypoint along its error), push a short way along the error, repeat.
+    Pushing a point of a body toward its target moves and turns the body at once. The approach
+    goes around the T when the straight path would cross it."""
+
+    def __init__(self, max_step: float = 18.0, smoothing: float = 0.5, push_len: float = 30.0,
+                 push_steps_per_px: float = 0.15, max_push_steps: int = 8, clearance: float = 95.0,
+                 disc_margin: float = 17.0):
+        self.push_len, self.push_steps_per_px, self.max_push_steps = push_len, push_steps_per_px, max_push_steps
+        self.clearance, self.disc_margin = clearance, disc_margin
         self.pointer = _SteadyPointer(max_step, smoothing)
-        self.rng = np.random.default_rng(0)
-        self.mode, self.push_left = "approach", 0
+        self.mode, self.push_left, self.push_target = "approach", 0, None
 
     def reset(self, seed: int) -> None:
-        self.rng = np.random.default_rng([int(seed), 0x60A1])
-        self.pointer.pos, self.mode, self.push_left = None, "approach", 0
+        # deterministic: no randomness needed (the seed fixes the env's start)
+        self.pointer.pos, self.mode, self.push_left, self.push_target = None, "approach", 0, None
 
-    def _contact(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where to put the disc and which way to push, for the current error."""
-        c = block_center(state)
-        goal_c = GOAL[:2] + rot(GOAL[2]) @ BLOCK_COG
-        d = goal_c - c
-        dist = np.linalg.norm(d)
-        if dist > self.pos_tol:
-            u = d / dist
-            return c - u * self.approach, u
-        # rotate: push a bar end perpendicular to the bar, toward the side that reduces the error
-        err = wrap_angle(GOAL[2] - state[4])
-        R = rot(state[4])
-        side = 1.0 if err > 0 else -1.0
-        end = np.array([55.0 * side, 15.0])  # a bar end, in the body frame
-        push = R @ np.array([0.0, 1.0])  # +y of the body turns the +x end positively
-        p = state[2:4] + R @ end
-        return p - push * 35.0, push
+    def _contact(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(disc spot, push direction, push length) for the worst keypoint."""
+        R, Rg = rot(state[4]), rot(GOAL[2])
+        p = state[2:4] + KEYPOINTS @ R.T  # (3, 2) world keypoints
+        err = GOAL[:2] + KEYPOINTS @ Rg.T - p
+        n = np.linalg.norm(err, axis=1)
+        k = int(np.argmax(n))
+        u = err[k] / max(n[k], 1e-9)
+        u_body = R.T @ u
+        d = 0.0  # walk back from the keypoint until the disc (radius 15) clears the T
+        while d < 200 and _inside_t(KEYPOINTS[k] - u_body * d, self.disc_margin):
+            d += 2.0
+        return p[k] - u * d, u, min(n[k] + 10.0, self.push_len)
 
     def act(self, obs: dict) -> np.ndarray:
         state = obs["state"]
         if self.pointer.pos is None:
             self.pointer.reset(state[:2])
-        spot, push = self._contact(state)
-        agent = state[:2]
-        c = block_center(state)
         if self.mode == "push":
             self.push_left -= 1
             if self.push_left <= 0:
                 self.mode = "approach"
-            return self.pointer.move_toward(spot + push * 60.0)
-        # approach: route around the T when the straight path crosses it
+            return self.pointer.move_toward(self.push_target)
+        spot, push, length = self._contact(state)
+        agent, c = state[:2], block_center(state)
         to_spot = spot - agent
         n = np.linalg.norm(to_spot)
-        if n < 12.0:
-            self.mode, self.push_left = "push", int(self.rng.integers(6, 12))
-            return self.pointer.move_toward(spot + push * 60.0)
+        if n < 10.0:  # in place: push (pointer leads the disc, so aim past the contact)
+            self.mode = "push"
+            self.push_left = int(np.clip(length * self.push_steps_per_px, 2, self.max_push_steps))
+            self.push_target = spot + push * (length + 15.0)
+            return self.pointer.move_toward(self.push_target)
         t = np.clip(np.dot(c - agent, to_spot) / max(n * n, 1e-9), 0.0, 1.0)
-        closest = agent + t * to_spot
-        if np.linalg.norm(closest - c) < self.clearance * 0.8 and np.linalg.norm(agent - c) > 30:
-            away = agent - c
-            perp = np.array([-to_spot[1], to_spot[0]]) / n
-            perp = perp if np.dot(perp, away) >= 0 else -perp
+        if np.linalg.norm(agent + t * to_spot - c) < self.clearance * 0.8 and np.linalg.norm(agent - c) > 30:
+            perp = np.array([-to_spot[1], to_spot[0]]) / n  # go around, on the agent's side
+            perp = perp if np.dot(perp, agent - c) >= 0 else -perp
             waypoint = c + perp * self.clearance
         else:
             waypoint = spot
