@@ -180,7 +180,13 @@ class Leapfrog:
             for h in range(c.h_min, c.h_max + 1):
                 if h >= 2 * self._delay_steps(h) + c.margin:
                     return h
-            return c.h_max  # inference too slow to keep up: the controller will hold and miss
+            # Too slow to keep up (over half a period per predicted frame): gaps, i.e. deadline
+            # misses, are unavoidable and their share hardly depends on h, so take the shortest
+            # plan that still outlives its own latency: its actions are the freshest.
+            for h in range(c.h_min, c.h_max + 1):
+                if h > self._delay_steps(h):
+                    return h
+            return c.h_max
 
     def committed(self, start: int, n: int) -> np.ndarray:
         """(n, 2) actions the controller will execute at steps start .. start+n-1 unless a plan

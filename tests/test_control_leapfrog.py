@@ -109,7 +109,10 @@ def test_horizon_grows_with_latency_and_saturates():
         leap.record_latency(0.03, 4)  # fast: every plan lands within one step
     assert leap.horizon() == 4  # 2 * 1 + 2
     for _ in range(cfg.window):
-        leap.record_latency(0.7, 4)  # 175 ms per frame: more than half a period, cannot keep up
+        leap.record_latency(0.28, 4)  # 70 ms per frame: over half a period, cannot keep up...
+    assert leap.horizon() == 4  # ...so the shortest plan that outlives its latency (3 steps)
+    for _ in range(cfg.window):
+        leap.record_latency(0.7, 4)  # 175 ms per frame: no plan outlives its own latency
     assert leap.horizon() == cfg.h_max
 
 
