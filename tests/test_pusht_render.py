@@ -82,3 +82,22 @@ def test_render_cuda_matches_cpu():
     states, _ = _states_and_pixels(64, 64)
     s = torch.from_numpy(states)
     assert torch.equal(render_frames(s.cuda()).cpu(), render_frames(s))
+
+
+def test_other_sizes_match_cv2_resize_of_the_canvas():
+    """Sizes whose cv2 weights do not repeat (100) take the direct path, 64 and 96 the table."""
+    import cv2
+    import pygame
+
+    env = PushTEnv(pixels=False)
+    checked = 0
+    for seed in range(12):
+        obs, _ = env.reset(seed)
+        if env.gym_env.n_contact_points:  # contact markers are not a function of the state
+            continue
+        canvas = np.transpose(np.array(pygame.surfarray.pixels3d(env.gym_env._draw())), (1, 0, 2))
+        for size in (100, 64, 96):
+            mine = render_frames(torch.from_numpy(obs["state"])[None], size)[0].numpy()
+            assert np.array_equal(mine, cv2.resize(canvas, (size, size))), (seed, size)
+        checked += 1
+    assert checked >= 8

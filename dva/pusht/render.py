@@ -113,6 +113,7 @@ class _Grid:
     w0: torch.Tensor      # (S,) int32 cv2 weight of c0 (scaled by 2048)
     w1: torch.Tensor      # (S,) int32 weight of c1
     wclass: torch.Tensor  # (S,) int64 index of (w0, w1) among the distinct weight pairs
+    n_classes: int        # number of distinct weight pairs (a Python int: no device sync)
     resample: bool        # False for the identity grid used to compare against pygame's canvas
 
 
@@ -154,7 +155,8 @@ def _grid(size: int, device: str) -> _Grid:
     v = torch.arange(-PAD, CANVAS + PAD + 1)
     lut = torch.searchsorted(coords, v)  # entries < v
     dev = torch.device(device)
-    return _Grid(coords.to(dev), lut.to(dev), w0.to(dev), w1.to(dev), wclass.to(dev), resample)
+    n_classes = int(wclass.max()) + 1 if len(wclass) else 0
+    return _Grid(coords.to(dev), lut.to(dev), w0.to(dev), w1.to(dev), wclass.to(dev), n_classes, resample)
 
 
 # ---------------------------------------------------------------- span primitives
@@ -376,7 +378,7 @@ def _compose(counts: torch.Tensor, grid: _Grid, r0: torch.Tensor, c0: torch.Tens
     oc = torch.div(c0, 2, rounding_mode="floor") + torch.arange(m, device=dev)  # (B, 1, m) output cols
     orr = (torch.div(r0, 2, rounding_mode="floor") + torch.arange(m, device=dev)).transpose(1, 2)  # (B, m, 1)
     t = top.view(B, m, 2, m, 2)  # (B, out row, row tap, out col, col tap)
-    if int(grid.wclass.max()) < _LUT_MAX_CLASSES:
+    if grid.n_classes <= _LUT_MAX_CLASSES:
         lut, C, K = _pixel_lut(size, str(dev))
         code = ((t[:, :, 0, :, 0] * K + t[:, :, 0, :, 1]) * K + t[:, :, 1, :, 0]) * K + t[:, :, 1, :, 1]
         idx = (grid.wclass[orr] * C + grid.wclass[oc]) * K ** 4 + code  # (B, m, m)
