@@ -124,8 +124,10 @@ class InferenceThread(threading.Thread):
                 h = self.leap.horizon()
                 n = min(self.leap.delay_steps(h), h)
                 plan = self.planner.plan(t, self.leap.committed(t, n), h)
-                # latency as the scheduler sees it: from the frame's arrival to a usable plan
-                self.leap.record_latency(time.perf_counter() - posted, h)
+                # latency as the scheduler sees it: from the frame's arrival to a usable plan;
+                # all but the dreaming itself is fixed cost (observing the frames that arrived)
+                total = time.perf_counter() - posted
+                self.leap.record_latency(total, h, fixed_s=total - plan.latency_s)
                 self.leap.submit(plan)
         except BaseException as e:  # surfaced by stop() in the control thread
             self.error = e

@@ -132,7 +132,7 @@ class Leapfrog:
             self.last_target: np.ndarray | None = None
             self._executed = np.zeros((self.HISTORY, 2), dtype=np.float64)
             self._last_step = -1
-            self._lat = np.zeros((self.cfg.window, 2))  # (latency_s, horizon) of recent plans
+            self._lat = np.zeros((self.cfg.window, 3))  # (latency_s, horizon, fixed_s) of recent plans
             self._n_lat = 0
             self._pending: deque[tuple[int, Plan]] = deque()
             self.misses = 0
@@ -146,9 +146,11 @@ class Leapfrog:
             self.horizons = RingStats()
 
     # -- the inference side -------------------------------------------------------------------
-    def record_latency(self, seconds: float, horizon: int) -> None:
+    def record_latency(self, seconds: float, horizon: int, fixed_s: float = 0.0) -> None:
+        """A plan of `horizon` frames took `seconds` from its real frame to being usable, of
+        which `fixed_s` does not grow with the horizon (waiting, observing real frames)."""
         with self._lock:
-            self._lat[self._n_lat % self.cfg.window] = (seconds, horizon)
+            self._lat[self._n_lat % self.cfg.window] = (seconds, horizon, min(fixed_s, seconds))
             self._n_lat += 1
             self.latency.add(seconds)
 
@@ -161,10 +163,10 @@ class Leapfrog:
         n = min(self._n_lat, self.cfg.window)
         if n == 0:
             return 1
-        lat, hs = self._lat[:n, 0], self._lat[:n, 1]
-        # Scale each measured plan to `horizon` frames (latency is roughly linear in frames; the
-        # fixed cost of observing the real frame makes this conservative when growing h).
-        est = float(np.quantile(lat * horizon / np.maximum(hs, 1), self.cfg.quantile))
+        lat, hs, fixed = self._lat[:n, 0], self._lat[:n, 1], self._lat[:n, 2]
+        # Scale each measured plan to `horizon` frames: the dreaming part is linear in frames,
+        # the fixed part (observing the real frames that arrived meanwhile) is not.
+        est = float(np.quantile(fixed + (lat - fixed) * horizon / np.maximum(hs, 1), self.cfg.quantile))
         return max(1, math.ceil(est / self.cfg.dt))
 
     def horizon(self) -> int:

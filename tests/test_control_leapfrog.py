@@ -132,3 +132,12 @@ def test_config_validation_names_the_problem():
     leap = Leapfrog()
     with pytest.raises(RuntimeError, match="no plan"):
         leap.action(0)
+
+
+def test_fixed_latency_part_does_not_scale_with_horizon():
+    cfg = LeapfrogConfig(margin=0, h_max=32)
+    a, b = Leapfrog(cfg), Leapfrog(cfg)
+    a.record_latency(0.4, 4)  # all of it dreaming: 100 ms per frame
+    b.record_latency(0.4, 4, fixed_s=0.36)  # mostly observing real frames: 10 ms per frame
+    assert a.delay_steps(8) == 8  # 0.8 s
+    assert b.delay_steps(8) == 5  # 0.36 + 0.08 = 0.44 s
