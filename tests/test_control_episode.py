@@ -123,8 +123,9 @@ def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
     # 0.3 s per predicted frame against a 1 s period (as 30 ms would be at 10 Hz): plans need
     # >= 6 frames and land >= 2 steps after their frame. The slow period leaves room for the
     # rest of the work (observing real frames, the IDM), which on the shared 2-core CPU under
-    # load (load average ~9 measured) took up to a second per plan; 2 steps of margin absorb spikes.
-    cfg = LeapfrogConfig(dt=1.0, margin=2, h_init=4, h_max=16)
+    # load (load average ~9 measured) took up to 2 s more than usual per plan; 3 steps of
+    # margin absorb that.
+    cfg = LeapfrogConfig(dt=1.0, margin=3, h_init=4, h_max=16)
     rec, acts = run_realtime(env, planner, cfg, seed=100003, max_steps=12)
     summary = {k: rec[k] for k in ("deadline_misses", "stale_plans", "plans", "latency_ms", "horizon")}
     assert rec["steps"] == 12
