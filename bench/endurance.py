@@ -63,6 +63,9 @@ def report(args, n: int, act_s, step_s, rss, episodes: int, wall: float) -> dict
         "done_steps": n, "target_steps": args.steps, "episodes": episodes, "wall_s": wall,
         "first_10pct": first, "last_10pct": last,
         "rss_growth_mib": last["rss_mib_mean"] - first["rss_mib_mean"],
+        # the curve, not just its ends: RSS (MiB) and step p50 (ms) per tenth of the run so far
+        "rss_mib_by_tenth": [float(c.mean() / 2**20) for c in np.array_split(rss[:n], 10) if len(c)],
+        "step_ms_p50_by_tenth": [float(np.median(c) * 1e3) for c in np.array_split(step_s[:n], 10) if len(c)],
         "step_p50_ratio_last_first": last["step_ms_p50"] / first["step_ms_p50"],
         "config": {k: v for k, v in vars(args).items()},
         "model": "tiny" if not args.checkpoint else args.checkpoint,
@@ -101,10 +104,11 @@ def main(argv=None) -> int:
     policy = build_policy(args)
     env = make_env()
     proc = psutil.Process()
-    # preallocated, so the measurement itself does not grow memory
-    act_s = np.zeros(args.steps, dtype=np.float64)
-    step_s = np.zeros(args.steps, dtype=np.float64)
-    rss = np.zeros(args.steps, dtype=np.float64)
+    # preallocated and touched (np.full, not lazily mapped np.zeros), so the measurement itself
+    # does not grow resident memory during the run
+    act_s = np.full(args.steps, np.nan)
+    step_s = np.full(args.steps, np.nan)
+    rss = np.full(args.steps, np.nan)
     episodes, t_start, k_ep = 0, time.perf_counter(), args.episode_steps
     obs = None
     with torch.inference_mode(), tqdm(total=args.steps, desc="endurance (lockstep, tiny)", unit="step",
