@@ -28,8 +28,9 @@ from .leapfrog import Leapfrog, LeapfrogConfig, Plan
 
 ACTION_LOW, ACTION_HIGH = 0.0, 512.0  # PushT's action space (pixels)
 PACKAGED_CHECKPOINT = Path(__file__).parent / "assets" / "dva_s.safetensors"
-TRAIN_HINT = ("Train one with `python -m dva.collect` then `python -m dva.train` (see README.md, "
-              "'Training'), and pass it with --checkpoint PATH.")
+TRAIN_HINT = ("To make one: collect data (e.g. `python -m dva.collect --policy expert --episodes 200 "
+              "--out data/expert`), train with `python -m dva.train` (`--help` and README.md list the "
+              "options), then pass the result with --checkpoint PATH.")
 
 
 @dataclass
