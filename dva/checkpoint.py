@@ -177,3 +177,36 @@ def export(src, dst, dtype=torch.float16) -> tuple[Path, Path]:
     keep["exported_from"] = {"path": str(paths(src)[0].name), "step": meta.get("step"), "weights": "ema",
                              "dtype": str(dtype).replace("torch.", "")}
     return save(dst, out, keep)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m dva.checkpoint", description="Inspect or export dva checkpoints.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write an inference-only copy (EMA weights, fp16 by default)")
+    e.add_argument("src", help="training checkpoint stem or file (e.g. runs/s/ckpt)")
+    e.add_argument("dst", help="output stem, e.g. dva/assets/dva_s")
+    e.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="weight dtype (default: fp16)")
+    i = sub.add_parser("info", help="validate a checkpoint and print its metadata")
+    i.add_argument("path", help="checkpoint stem or file")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "export":
+            dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+            st, js = export(a.src, a.dst, dt)
+            print(f"wrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}")
+        else:
+            tensors, meta = read(a.path)
+            n = sum(v.numel() for v in tensors.values())
+            print(json.dumps({k: v for k, v in meta.items() if k != "train"}, indent=1))
+            print(f"{len(tensors)} tensors, {n / 1e6:.2f}M values")
+    except CheckpointError as err:
+        print(f"dva.checkpoint: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

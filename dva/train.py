@@ -258,7 +258,11 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
     tensors, meta = ckpt.read(path)
     st = ckpt.paths(path)[0]
-    diff = ckpt.config_diff(meta["config"], mcfg.to_dict())
+    try:
+        saved = DVAConfig.from_dict(meta["config"]).to_dict()  # JSON lists -> the config's tuples
+    except (TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{st}: bad model config ({e})") from None
+    diff = ckpt.config_diff(saved, mcfg.to_dict())
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")
     for attr, raw, avg in _PARTS:
@@ -277,11 +281,9 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     return meta
 
 
-def meta_for(cfg: TrainConfig, mcfg: DVAConfig, step: int, metrics: dict | None = None) -> dict:
+def meta_for(cfg: TrainConfig, mcfg: DVAConfig, step: int, data_mix: dict, metrics: dict | None = None) -> dict:
     return {"config": mcfg.to_dict(), "train": dataclasses.asdict(cfg), "step": step, "commit": ckpt.git_commit(),
-            "data_mix": {"sources": parse_sources(cfg.data), "mix": cfg.mix,
-                         "phases": [list(p) for p in make_schedule(cfg).phases]},
-            "metrics": metrics or {}}
+            "data_mix": data_mix, "metrics": metrics or {}}
 
 
 def append_jsonl(path: Path, rec: dict) -> None:
@@ -334,6 +336,10 @@ def train(cfg: TrainConfig) -> dict:
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     loader = make_loader(cfg, "train", cfg.seq_len, cfg.batch_size, dev, cfg.seed + 1000 * rank)
+    # recorded once, from what was loaded: the source dirs may change on disk during a long run
+    data_mix = {"sources": {n: str(s) for n, s in parse_sources(cfg.data).items()}, "mix": cfg.mix,
+                "phases": [list(p) for p in make_schedule(cfg).phases],
+                "sequences": {n: len(src) for n, src in loader.sources.items()}}
     val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, cfg.seed) if main else None
 
     stop = {"flag": False}
@@ -350,7 +356,7 @@ def train(cfg: TrainConfig) -> dict:
 
     def save(s):
         if main:
-            ckpt.save(out / "ckpt", state_tensors(model, ema, opt), meta_for(cfg, mcfg, s, last_val))
+            ckpt.save(out / "ckpt", state_tensors(model, ema, opt), meta_for(cfg, mcfg, s, data_mix, last_val))
 
     def run_val(s):
         nonlocal last_val

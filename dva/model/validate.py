@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .dva import DVA
-from .frames import to_frames
+from .frames import from_frames, to_frames
 from .idm import IDM
 
 
@@ -99,3 +99,76 @@ def dream_strip(x: torch.Tensor, dreams: torch.Tensor, n_ctx: int, path, rows: i
     iio.imwrite(tmp, img)
     os.replace(tmp, path)
     return path
+
+
+def main(argv=None) -> int:
+    """Held-out metrics of a checkpoint: `python -m dva.model.validate --checkpoint runs/s/ckpt`."""
+    import argparse
+    import json
+    import sys
+
+    from dva import checkpoint as ckpt
+    from dva.data.loader import MixtureSchedule, SequenceLoader
+    from dva.data.store import DatasetError
+
+    p = argparse.ArgumentParser(prog="python -m dva.model.validate", description=main.__doc__)
+    p.add_argument("--checkpoint", default=None, help="checkpoint stem or file (default: the packaged dva_s)")
+    p.add_argument("--data", action="append", default=None, metavar="NAME=DIR",
+                   help="held-out source(s) (default: the checkpoint's training sources)")
+    p.add_argument("--source", default="expert", help="which source to validate on (default: expert)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="held-out fraction used in training (default: from the checkpoint, else 0.05)")
+    p.add_argument("--sequences", type=int, default=32, help="held-out sequences (default: 32)")
+    p.add_argument("--batch", type=int, default=8, help="sequences per forward pass (default: 8)")
+    p.add_argument("--ctx", type=int, default=3, help="real context frames before the dream (default: 3)")
+    p.add_argument("--dream", type=int, default=8, help="autoregressive dream length (default: 8)")
+    p.add_argument("--steps", type=int, default=4, help="sampler steps (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the held-out draw and the noise (default: 0)")
+    p.add_argument("--strip", default=None, help="write a dream strip PNG here (first 2 sequences)")
+    p.add_argument("--json", default=None, help="write the metrics JSON here")
+    a = p.parse_args(argv)
+    try:
+        model, idm, meta = ckpt.load(a.checkpoint)
+        if a.data:
+            sources = dict(s.split("=", 1) for s in a.data)
+        else:
+            sources = meta.get("data_mix", {}).get("sources", {})
+        if a.source not in sources:
+            p.error(f"--source {a.source!r} is not among the data sources {sorted(sources)}")
+        vf = a.val_fraction if a.val_fraction is not None else meta.get("train", {}).get("val_fraction", 0.05)
+        loader = SequenceLoader({a.source: sources[a.source]}, seq_len=a.ctx + a.dream, batch_size=a.batch,
+                                schedule=MixtureSchedule.constant({a.source: 1.0}), seed=a.seed, split="val",
+                                val_fraction=vf)
+    except (ckpt.CheckpointError, DatasetError) as e:
+        print(f"dva.model.validate: error: {e}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    rows, first = [], None
+    for i in tqdm(range((a.sequences + a.batch - 1) // a.batch), desc="validate"):
+        b = loader.sample(i)
+        x = from_frames(b["frames"])
+        m, dreams = validate(model, idm, x, b["actions"].float(), a.ctx, a.steps, a.seed + i)
+        rows.append(m)
+        if first is None:
+            first = (x, dreams)
+    keys = [k for k, v in rows[0].items() if isinstance(v, float)]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out["psnr_ar_per_step"] = [round(float(v), 2) for v in np.mean([r["psnr_ar_per_step"] for r in rows], 0)] \
+        if "psnr_ar_per_step" in rows[0] else []
+    out.update(sequences=len(rows) * a.batch, source=a.source, sampler_steps=a.steps, ctx=a.ctx, dream=a.dream,
+               checkpoint=str(a.checkpoint or ckpt.DEFAULT), step=meta.get("step"))
+    print(json.dumps(out, indent=1))
+    if a.json:
+        path = Path(a.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        os.replace(tmp, path)
+    if a.strip and first[1] is not None:
+        dream_strip(first[0], first[1], a.ctx, a.strip)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
