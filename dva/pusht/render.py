@@ -226,8 +226,8 @@ def _circle_row_spans(c: torch.Tensor, radius_idx: torch.Tensor, rows: torch.Ten
     r = torch.tensor(RADII, device=rows.device)[radius_idx].view(1, -1, 1)  # (1, P, 1)
     i = rows - c[..., 1:2] + r  # (B, P, R) row within the stencil
     ok = (i >= 0) & (i < 2 * r)
-    t = table[radius_idx.view(1, -1, 1) * (2 * _RMAX) + i.clamp(0, 2 * _RMAX - 1)]  # (B, P, R, 2)
-    return c[..., 0:1] + t[..., 0], c[..., 0:1] + t[..., 1], ok
+    row = radius_idx.view(1, -1, 1) * (2 * _RMAX) + i.clamp(0, 2 * _RMAX - 1)  # (B, P, R)
+    return c[..., 0:1] + _gather(table[:, 0], row), c[..., 0:1] + _gather(table[:, 1], row), ok
 
 
 def _segment_quads(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -295,9 +295,15 @@ def _dynamic_spans(bar, stem, agent, rows: torch.Tensor, cols: torch.Tensor):
     return _scene_spans(polys, ["bar_fill", "stem_fill"], a, b, edges, a, edges, agent, rows, cols)
 
 
+def _gather(src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """src[idx] for a 1-D src via index_select (several times faster than advanced indexing
+    on the CPU for these small tensors)."""
+    return src.index_select(0, idx.reshape(-1)).view(idx.shape)
+
+
 def _to_index(grid: _Grid, x: torch.Tensor) -> torch.Tensor:
     """Canvas coordinate -> number of grid entries strictly below it."""
-    return grid.lut[x.clamp(-PAD, CANVAS + PAD) + PAD]
+    return _gather(grid.lut, x.clamp(-PAD, CANVAS + PAD) + PAD)
 
 
 def _accumulate(spans, grid: _Grid, r0: torch.Tensor, c0: torch.Tensor, n: int, B: int) -> torch.Tensor:
@@ -381,7 +387,7 @@ def _compose(counts: torch.Tensor, grid: _Grid, r0: torch.Tensor, c0: torch.Tens
     if grid.n_classes <= _LUT_MAX_CLASSES:
         lut, C, K = _pixel_lut(size, str(dev))
         code = ((t[:, :, 0, :, 0] * K + t[:, :, 0, :, 1]) * K + t[:, :, 1, :, 0]) * K + t[:, :, 1, :, 1]
-        idx = (grid.wclass[orr] * C + grid.wclass[oc]) * K ** 4 + code  # (B, m, m)
+        idx = (_gather(grid.wclass, orr) * C + _gather(grid.wclass, oc)) * K ** 4 + code  # (B, m, m)
         return lut.index_select(0, idx.reshape(-1)).view(B, m, m, 3)
     img = colours[t]  # (B, m, 2, m, 2, 3)
     w = lambda x, o: x[o].unsqueeze(-1)  # noqa: E731  weights broadcast over channels
@@ -459,14 +465,16 @@ def _render(states: torch.Tensor, size: int) -> torch.Tensor:
         n = 2 * m
         c0, r0 = (2 * o[:, 0]).view(B, 1, 1), (2 * o[:, 1]).view(B, 1, 1)  # first grid entries
         steps = torch.arange(n, device=dev).view(1, 1, n)
-        rows, cols = grid.coords[r0 + steps], grid.coords[c0 + steps]  # (B, 1, n) canvas coords
+        rows, cols = _gather(grid.coords, r0 + steps), _gather(grid.coords, c0 + steps)  # (B, 1, n) canvas
         counts = _accumulate(_dynamic_spans(bar, stem, agent, rows, cols), grid, r0, c0, n, B)
-        counts = counts + static_counts[(r0 + steps).transpose(1, 2), c0 + steps]  # (B, n, n)
+        flat = (r0 + steps).transpose(1, 2) * static_counts.shape[1] + (c0 + steps)  # (B, n, n)
+        counts = counts + _gather(static_counts.reshape(-1), flat)
         pix = _compose(counts, grid, r0, c0, size)
         if out is None:
             return pix
-        oy = (o[:, 1].view(B, 1, 1) + torch.arange(m, device=dev).view(1, m, 1)).expand(B, m, m)
-        ox = (o[:, 0].view(B, 1, 1) + torch.arange(m, device=dev).view(1, 1, m)).expand(B, m, m)
-        out[ar.expand(B, m, m), oy, ox] = pix
+        oy = o[:, 1].view(B, 1, 1) + torch.arange(m, device=dev).view(1, m, 1)
+        ox = o[:, 0].view(B, 1, 1) + torch.arange(m, device=dev).view(1, 1, m)
+        flat = ((ar * size + oy) * size + ox).reshape(-1)  # (B*m*m,) pixel rows of `out`
+        out.view(-1, 3).index_copy_(0, flat, pix.reshape(-1, 3))
     return out
 
