@@ -208,6 +208,13 @@ def main(argv=None) -> int:
             return 2
     cfg = CollectConfig(policy=args.policy, seed=args.seed, max_steps=args.max_steps,
                         shard_size=args.shard_size, frames=args.frames)
+
+    def stop(signum, frame):  # SIGTERM (and SIGINT in background jobs, where it is ignored)
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, stop)
     t0 = time.perf_counter()
     try:
         man = collect(cfg, args.out, args.episodes, args.workers, progress=not args.quiet)
