@@ -63,6 +63,8 @@ class TrainConfig:
     log_every: int = 10
     out: str = "runs/s"
     resume: str = ""
+    init: str = ""
+    motion_weight: float = 20.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -96,6 +98,9 @@ HELP = {
     "log_every": "append a line to OUT/log.jsonl every N steps",
     "out": "output directory: ckpt.safetensors/.json, log.jsonl, val.jsonl, dream_*.png",
     "resume": "resume from this checkpoint stem ('auto': OUT/ckpt); step, schedule, optimizer, EMA continue",
+    "init": "start from this checkpoint's weights (raw and EMA; same architecture) with a fresh optimizer, "
+            "schedule and step 0: fine-tuning, e.g. with another --mix or --motion-weight",
+    "motion_weight": "extra loss weight on pixels that change between frame t and t+1 (the disc, a pushed T)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
     "seed": "seed for init, batches and noise",
@@ -154,6 +159,10 @@ def parse_args(argv=None) -> TrainConfig:
         p.error(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
     if not 0 <= cfg.ema < 1:
         p.error(f"--ema must be in [0, 1), got {cfg.ema}")
+    if cfg.resume and cfg.init:
+        p.error("--resume and --init exclude each other: --resume continues a run, --init starts a new one")
+    if cfg.motion_weight < 0:
+        p.error(f"--motion-weight must be >= 0, got {cfg.motion_weight}")
     if cfg.lr <= 0:
         p.error(f"--lr must be > 0, got {cfg.lr}")
     try:
@@ -255,20 +264,31 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
     return t
 
 
+# config fields that only change the loss or inference, not the weights: --init may change them
+_LOSS_ONLY = ("motion_weight", "action_dropout", "sampler_steps", "backend")
+
+
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
+    """Load weights (and, with opt, the optimizer state) from a checkpoint. opt=None is --init."""
     tensors, meta = ckpt.read(path)
     st = ckpt.paths(path)[0]
     try:
         saved = DVAConfig.from_dict(meta["config"]).to_dict()  # JSON lists -> the config's tuples
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{st}: bad model config ({e})") from None
-    diff = ckpt.config_diff(saved, mcfg.to_dict())
+    mine = mcfg.to_dict()
+    if opt is None:
+        for k in _LOSS_ONLY:
+            saved.pop(k, None), mine.pop(k, None)
+    diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")
     for attr, raw, avg in _PARTS:
         if getattr(model, attr) is not None:
             ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]")
             ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]")
+    if opt is None:
+        return meta
     sd = opt.state_dict()
     state = {}
     for k, v in ckpt.section(tensors, "opt").items():
@@ -313,7 +333,7 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
-    mcfg = preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps)
+    mcfg = preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight)
     torch.manual_seed(cfg.seed)
     model = Trainee(mcfg, cfg.model).to(dev)
     ema = Trainee(mcfg, cfg.model).to(dev)
@@ -325,6 +345,11 @@ def train(cfg: TrainConfig) -> dict:
         path = out / "ckpt" if cfg.resume == "auto" else cfg.resume
         meta = load_state(path, model, ema, opt, mcfg)
         step = int(meta["step"])
+    elif cfg.init:
+        meta = load_state(cfg.init, model, ema, None, mcfg)
+        if main:
+            print(f"[dva.train] weights from {cfg.init} (step {meta.get('step')}); fresh optimizer and schedule",
+                  flush=True)
     if main:
         counts = {k: param_count(getattr(model, k)) for k in ("dva", "idm") if getattr(model, k) is not None}
         print(f"[dva.train] preset {mcfg.name}: " + ", ".join(f"{k} {v / 1e6:.2f}M params" for k, v in counts.items())

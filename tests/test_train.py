@@ -130,6 +130,30 @@ def test_resume_with_other_config_is_refused(dataset, tmp_path, capsys):
     assert "checksum mismatch" in capsys.readouterr().err
 
 
+def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
+    """--init loads raw and EMA weights, starts at step 0 with a fresh optimizer, and may change
+    loss-only fields (motion_weight); a different architecture is refused by name."""
+    common = ("--steps", "2", "--batch-size", "2", "--seq-len", "4", "--val-every", "0", "--val-batch", "2",
+              "--val-dream", "2", "--ckpt-every", "0")
+    assert main(args(dataset, tmp_path / "a", *common)) == 0
+    assert main(args(dataset, tmp_path / "b", *common, "--stop-after", "1", "--log-every", "1",
+                     "--init", str(tmp_path / "a" / "ckpt"),
+                     "--motion-weight", "3")) == 0
+    ta, ma = ckpt.read(tmp_path / "a" / "ckpt")
+    tb, mb = ckpt.read(tmp_path / "b" / "ckpt")
+    assert mb["step"] == 1 and mb["config"]["motion_weight"] == 3.0 and ma["config"]["motion_weight"] == 20.0
+    k = "model.decoder.stem.weight"
+    # one step of a fresh AdamW moves each weight by at most ~lr (warmup LR), so b stays near a
+    lr = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["lr"]
+    assert 0 < (tb[k] - ta[k]).abs().max() <= 1.5 * lr
+    capsys.readouterr()
+    assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "a" / "ckpt"), "--preset", "s")) == 2
+    assert "model config differs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(args(dataset, tmp_path / "c", "--init", "x", "--resume", "auto"))
+    assert "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad,msg", [
     (["--seq-len", "1"], "--seq-len must be >= 3"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
