@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine the renderer, the env
+# workers and threaded inference were measured up to 40x slower with spinning threads
+# (docs/data.md). Must be set before torch starts OpenMP; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,6 +55,7 @@ def telemetry() -> dict:
     info = {"device": device_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if not torch.cuda.is_available():
         info["cpu"] = cpu_model()
+        info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
         return info
     try:
         import pynvml

@@ -24,13 +24,24 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} µs" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def case_impl(b: dict) -> tuple[str | None, str | None]:
+    """(case, impl) from extra_info, else (group, the first part of the test id): kernel benchmarks
+    are grouped by op and shape and named test_op[impl-shape]."""
+    e = b.get("extra_info", {})
+    if "case" in e:
+        return e["case"], e.get("impl")
+    if b.get("group") and "[" in b["name"]:
+        return b["group"], b["name"].split("[", 1)[1].rstrip("]").split("-")[0]
+    return None, None
+
+
 def rows_for(doc: dict) -> list[str]:
     benches = doc["benchmarks"]
     base = {}
     for b in benches.values():
-        e = b.get("extra_info", {})
-        if e.get("impl") in BASELINES and "case" in e:
-            base[e["case"]] = b["median_s"]
+        case, impl = case_impl(b)
+        if impl in BASELINES:
+            base[case] = b["median_s"]
     out = []
     for key in sorted(benches, key=lambda k: (benches[k].get("group") or "", k)):
         b = benches[key]
@@ -40,8 +51,9 @@ def rows_for(doc: dict) -> list[str]:
         if "items_per_call" in e:
             rate = f"{e['items_per_call'] / b['median_s']:,.0f} {e.get('unit', 'items')}/s"
         ratio = ""
-        if "case" in e and e["case"] in base and e.get("impl") not in BASELINES:
-            ratio = f"{base[e['case']] / b['median_s']:.2f}x"
+        case, impl = case_impl(b)
+        if case in base and impl not in BASELINES:
+            ratio = f"{base[case] / b['median_s']:.2f}x"
         out.append(f"| {b.get('group') or ''} | {b['name']} | {cfg} | {fmt_time(b['median_s'])} | {rate} | {ratio} |")
     return out
 

@@ -1,72 +1,36 @@
-"""Model speed: per-predicted-frame latency (batch 1: encode the real frame, one transformer step
-on the ring cache, 4 sampler steps, IDM) and training throughput (predicted frames/s with
-context amortization, fp32 on CPU, bf16 autocast on CUDA). `tiny`/`s` on CPU; `m` on a GPU
-(skipped without CUDA). Run: `python -m pytest bench/test_bench_model.py`.
+"""Training throughput: predicted frames/s with context amortization (one optimizer step on B
+sequences of L frames predicts B * (L - 1) frames), at L=9 (the default) and L=64 (longer than
+the ring window, so training uses the windowed block-causal mask). fp32 on CPU (`tiny`, `s`),
+bf16 autocast on CUDA (`s`, `m`; skipped without CUDA). Prediction latency is in
+bench/test_bench_predict.py. Run: `python -m pytest bench/test_bench_model.py`.
 """
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from dva.model.config import preset
 from dva.model.dva import DVA, param_count
-from dva.model.idm import IDM
 
-CPU_PRESETS = ["tiny", "s"]
-
-
-def _device(name):
-    if name == "m":
-        if not torch.cuda.is_available():
-            pytest.skip("preset m is benchmarked on a GPU only (unmeasured here)")
-        return torch.device("cuda")
-    return torch.device("cpu")
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+if CUDA:
+    CASES = [(p, 64, 9) for p in ("s", "m")] + [(p, 8, 64) for p in ("s", "m")]
+else:  # quick CPU shapes: one step of `s` at L=64 already predicts 63 frames
+    CASES = [("tiny", 8, 9), ("tiny", 2, 64), ("s", 4, 9), ("s", 1, 64)]
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-@pytest.mark.parametrize("name", CPU_PRESETS + ["m"])
-def test_predict_frame_latency(benchmark, name):
-    """One control step at batch 1 -> frames/s = 1 / median."""
-    dev = _device(name)
+@pytest.mark.parametrize("name,batch,seq_len", CASES, ids=[f"{p}-b{b}-L{L}" for p, b, L in CASES])
+def test_train_step_throughput(benchmark, name, batch, seq_len):
     torch.manual_seed(0)
     cfg = preset(name)
-    model, idm = DVA(cfg).to(dev).eval(), IDM(cfg).to(dev).eval()
-    cache = model.init_cache(1, dev)
-    frame = torch.rand(1, 3, 96, 96, device=dev) * 2 - 1
-    action = torch.tensor([[256.0, 300.0]], device=dev)
-
-    def step():
-        with torch.inference_mode():
-            ctx = model.observe(cache, frame)
-            nxt = model.sample(ctx, action, steps=4)
-            a = idm(frame, frame, nxt)
-        _sync(dev)
-        return a
-
-    for _ in range(3):
-        step()
-    benchmark.extra_info.update(preset=name, params=param_count(model) + param_count(idm), batch=1,
-                                sampler_steps=4, dtype="fp32", metric="s per predicted frame")
-    benchmark.pedantic(step, rounds=20 if name != "tiny" else 30, iterations=1)
-
-
-@pytest.mark.parametrize("name", CPU_PRESETS + ["m"])
-def test_train_step_throughput(benchmark, name):
-    """One optimizer step on B sequences of L=9 frames -> (B * 8) / median predicted frames/s."""
-    dev = _device(name)
-    torch.manual_seed(0)
-    cfg = preset(name)
-    model = DVA(cfg).to(dev).train()
+    model = DVA(cfg).to(DEV).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    B, L = (64, 9) if dev.type == "cuda" else (8, 9)
-    x = torch.rand(B, L, 3, 96, 96, device=dev) * 2 - 1
-    acts = torch.rand(B, L, 2, device=dev) * 512
-    amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else dict(device_type="cpu",
-                                                                                         enabled=False)
+    x = torch.rand(batch, seq_len, 3, 96, 96, device=DEV) * 2 - 1
+    acts = torch.rand(batch, seq_len, 2, device=DEV) * 512
+    amp = dict(device_type="cuda", dtype=torch.bfloat16) if CUDA else dict(device_type="cpu", enabled=False)
 
     def step():
         with torch.autocast(**amp):
@@ -74,10 +38,12 @@ def test_train_step_throughput(benchmark, name):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(dev)
+        if CUDA:
+            torch.cuda.synchronize()
 
+    t0 = time.perf_counter()
     step()
-    benchmark.extra_info.update(preset=name, batch=B, seq_len=L, predicted_frames_per_step=B * (L - 1),
-                                dtype="bf16 autocast" if dev.type == "cuda" else "fp32",
-                                metric="s per step; predicted frames/s = predicted_frames_per_step / median")
-    benchmark.pedantic(step, rounds=5 if name != "tiny" else 10, iterations=1)
+    benchmark.extra_info.update(preset=name, params=param_count(model), batch=batch, seq_len=seq_len,
+                                dtype="bf16 autocast" if CUDA else "fp32", items_per_call=batch * (seq_len - 1),
+                                unit="predicted frames", warmup_s=round(time.perf_counter() - t0, 3))
+    benchmark.pedantic(step, rounds=10 if name == "tiny" else 3, iterations=1)

@@ -1,0 +1,90 @@
+"""Prediction latency / throughput, the same model three ways in one run (DESIGN.md section 6):
+
+  impl=eager    plain PyTorch reference ops (dvakern backend 'ref'), eager
+  impl=compile  the same reference under torch.compile(mode="reduce-overhead")
+  impl=dvakern  dvakern ops (backend 'auto': Triton on CUDA, C++ fast paths on CPU);
+                on CUDA the step is captured in a CUDA graph
+
+One call = one control step: encode a real frame, one transformer step on the ring KV cache,
+`steps` sampler steps and the IDM, at batch B. frames/s = B / median. The ratio column of the
+README table is eager median / impl median within the same run.
+
+CPU (quick): tiny and s at batch 1, 4 sampler steps; compile only for tiny (its compile alone
+takes minutes for s on 2 cores). CUDA: s and m at batch 1/64/256, 1/2/4/8 steps.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import dvakern
+from dva.model.config import preset
+from dva.model.dva import DVA
+from dva.model.idm import IDM
+
+CUDA = torch.cuda.is_available()
+if CUDA:
+    CASES = [(p, b, s) for p in ("s", "m") for b in (1, 64, 256) for s in (1, 2, 4, 8)]
+else:
+    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s", 1, 4)]
+IMPLS = ("eager", "compile", "dvakern")
+
+
+def _build(name, batch, dev):
+    torch.manual_seed(0)
+    cfg = preset(name)
+    model, idm = DVA(cfg).to(dev).eval(), IDM(cfg).to(dev).eval()
+    cache = model.init_cache(batch, dev)
+    frame = torch.rand(batch, 3, 96, 96, device=dev) * 2 - 1
+    action = torch.rand(batch, 2, device=dev) * 512
+    noise = torch.randn(batch, 3, 96, 96, device=dev)
+    return model, idm, cache, frame, action, noise
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,batch,steps", CASES, ids=[f"{p}-b{b}-s{s}" for p, b, s in CASES])
+def test_predict(benchmark, name, batch, steps, impl):
+    if impl == "compile" and not CUDA and name != "tiny":
+        pytest.skip("compile of preset s on 2 CPU cores takes minutes; measured for tiny only on CPU")
+    dev = torch.device("cuda" if CUDA else "cpu")
+    model, idm, cache, frame, action, noise = _build(name, batch, dev)
+
+    def step(frame, action, noise):
+        ctx = model.observe(cache, frame)
+        nxt = model.sample(ctx, action, steps=steps, noise=noise)
+        return nxt, idm(frame, frame, nxt)
+
+    backend = "ref" if impl in ("eager", "compile") else "auto"
+    with dvakern.backend(backend), torch.inference_mode():
+        fn = step
+        t0 = time.perf_counter()
+        if impl == "compile":
+            fn = torch.compile(step, mode="reduce-overhead", fullgraph=False)
+        elif impl == "dvakern" and CUDA:
+            # capture one step in a CUDA graph (static inputs; the cache is updated in place)
+            for _ in range(3):
+                step(frame, action, noise)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step(frame, action, noise)
+            fn = lambda *a: g.replay()  # noqa: E731
+        for _ in range(3):  # warm-up (and compilation) outside the timed region
+            fn(frame, action, noise)
+        _sync()
+        warm_s = time.perf_counter() - t0
+
+        def call():
+            fn(frame, action, noise)
+            _sync()
+
+        benchmark.extra_info.update(case=f"{name}/b{batch}/steps{steps}", impl=impl, preset=name, batch=batch,
+                                    steps=steps, dtype="fp32", items_per_call=batch, unit="frames",
+                                    warmup_compile_s=round(warm_s, 3), backend=dvakern.get_backend())
+        benchmark.pedantic(call, rounds=5 if name == "s" and not CUDA else 20, iterations=1, warmup_rounds=1)
