@@ -85,3 +85,24 @@ def test_vector_env_matches_single_envs():
                 assert np.array_equal(vobs["pixels"][i], sobs[i]["pixels"])
         with pytest.raises(ValueError, match=r"actions must have shape \(2, 2\)"):
             venv.step(np.zeros((3, 2)))
+
+
+def test_old_spaces_are_freed_across_resets():
+    """gym-pusht leaves each episode's pymunk spaces (two per reset) in reference cycles; PushTEnv collects them
+    every GC_EVERY resets, so the number alive stays bounded however many episodes run."""
+    import gc
+
+    import pymunk
+
+    from dva.pusht.env import GC_EVERY
+
+    env = PushTEnv(pixels=False)
+    gc.collect()
+    gc.disable()  # only PushTEnv's own collections may free them
+    try:
+        for seed in range(3 * GC_EVERY):
+            env.reset(seed)
+        alive = sum(isinstance(o, pymunk.Space) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive <= 2 * GC_EVERY + 2, f"{alive} pymunk spaces alive after {3 * GC_EVERY} resets"
