@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import dvakern
 
@@ -65,17 +64,6 @@ class RingCache:
         self.pos.fill_(mark["pos"])
 
 
-def _window_attention(q, k, v, tokens_per_frame: int, window: int):
-    """Block-causal attention limited to the last `window` frames, for sequences longer than the
-    window (training with L > W). dvakern.frame_attention has no window argument yet; this masked
-    SDPA path is only taken when T > W (never for the default L=9, W=8)."""
-    S = q.shape[-2]
-    f = torch.arange(S, device=q.device) // tokens_per_frame
-    d = f[:, None] - f[None, :]  # (S, S): query frame - key frame
-    mask = (d >= 0) & (d < window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: DVAConfig):
         super().__init__()
@@ -100,10 +88,10 @@ class Block(nn.Module):
         q, k, v = self._qkv(x)
         q = dvakern.apply_rope_ref(q, frame_pos, self.rope_base)
         k = dvakern.apply_rope_ref(k, frame_pos, self.rope_base)
-        if S // tokens_per_frame > window:
-            o = _window_attention(q, k, v, tokens_per_frame, window)
-        else:
-            o = dvakern.frame_attention(q, k, v, tokens_per_frame)
+        # sequences longer than the ring window (training with L > W) attend to the last W frames,
+        # exactly what stepping through the ring cache sees
+        win = window if S // tokens_per_frame > window else None
+        o = dvakern.frame_attention(q, k, v, tokens_per_frame, window=win)
         x = x + self.proj(o.transpose(1, 2).reshape(B, S, D))  # (B, S, D)
         return x + self.mlp(self.ln2(x))
 
