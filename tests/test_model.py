@@ -211,3 +211,23 @@ def test_long_training_sequences_beyond_window():
         for t in range(12):
             ctx = m.observe(cache, x[:, t])
     torch.testing.assert_close(ctx.tokens, full[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_t_iou_measures_the_dreamed_t():
+    """The T-rigidity metric of validation: 1 for the same frame, lower for a moved T, 0 without
+    a T, and unaffected by where the disc is."""
+    from dva.model.frames import from_frames
+    from dva.model.validate import t_iou
+    from dva.pusht import render_frames
+
+    s = torch.tensor([[100.0, 100.0, 300.0, 280.0, 0.7],
+                      [400.0, 420.0, 300.0, 280.0, 0.7],   # disc elsewhere, same T
+                      [100.0, 100.0, 310.0, 280.0, 0.7],   # T moved by 10 px
+                      [100.0, 100.0, 300.0, 280.0, 1.2]], dtype=torch.float64)
+    x = from_frames(render_frames(s))
+    iou = t_iou(x[[0, 1, 2, 3]], x[[0, 0, 0, 0]])
+    assert iou[0] == 1.0
+    assert iou[1] > 0.97, iou
+    assert 0.3 < iou[2] < 0.9 and iou[3] < 0.9, iou
+    white = torch.ones_like(x[:1])
+    assert t_iou(white, x[:1]).item() == 0.0

@@ -4,7 +4,8 @@ action error in the 512-px action space, and a dream strip image.
 
 PSNR is computed on uint8 frames (peak 255), per frame, then averaged. A "copy" baseline
 (predict frame t+1 = frame t) is reported beside it: most of a PushT frame is static, so the
-raw PSNR means little without it.
+raw PSNR means little without it. Whether dreams keep the T rigid is measured directly: the IoU
+of the T's pixels (nearest palette colour) in each dreamed frame with those of the real frame.
 """
 from __future__ import annotations
 
@@ -17,6 +18,28 @@ import torch
 from .dva import DVA
 from .frames import from_frames, to_frames
 from .idm import IDM
+
+
+def t_mask(x: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) in [-1, 1] -> bool (..., H, W): pixels whose nearest PushT palette
+    colour is the T's fill or edge. Dreams and real frames go through the same classifier, so
+    the IoU of their masks measures whether the dreamed T keeps its shape and place."""
+    from dva.pusht import render as R
+
+    pal = torch.tensor([R.WHITE, R.GOAL, R.T_FILL, R.T_EDGE, R.AGENT, R.AGENT_INNER, R.WALL],
+                       dtype=torch.float32, device=x.device)
+    u = to_frames(x).float()  # (..., H, W, 3)
+    d = ((u[..., None, :] - pal) ** 2).sum(-1)  # (..., H, W, 7)
+    k = d.argmin(-1)
+    return (k == 2) | (k == 3)
+
+
+def t_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of the T masks of pred and target (..., 3, H, W) -> (...)."""
+    a, b = t_mask(pred), t_mask(target)
+    inter = (a & b).flatten(-2).sum(-1).float()
+    union = (a | b).flatten(-2).sum(-1).float().clamp_min(1)
+    return inter / union
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,6 +91,10 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         m["psnr_ar_per_step"] = [round(float(p), 2) for p in per]
         m["psnr_ar_copy"] = float(psnr(x[:, n_ctx - 1:n_ctx].expand_as(x[:, n_ctx:]), x[:, n_ctx:]).mean())
         m["ar_steps"] = T - n_ctx
+        iou = t_iou(dreams, x[:, n_ctx:]).mean(0)  # (T - n_ctx,)
+        m["t_iou_ar_last"] = float(iou[-1])
+        m["t_iou_ar_per_step"] = [round(float(v), 3) for v in iou]
+        m["t_iou_ar_copy_last"] = float(t_iou(x[:, n_ctx - 1], x[:, -1]).mean())
     if idm is not None and T >= 3:
         err = []
         for t in range(1, T - 1):
@@ -154,8 +181,8 @@ def main(argv=None) -> int:
             first = (x, dreams)
     keys = [k for k, v in rows[0].items() if isinstance(v, float)]
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    out["psnr_ar_per_step"] = [round(float(v), 2) for v in np.mean([r["psnr_ar_per_step"] for r in rows], 0)] \
-        if "psnr_ar_per_step" in rows[0] else []
+    for k in ("psnr_ar_per_step", "t_iou_ar_per_step"):
+        out[k] = [round(float(v), 3) for v in np.mean([r[k] for r in rows], 0)] if k in rows[0] else []
     out.update(sequences=len(rows) * a.batch, source=a.source, sampler_steps=a.steps, ctx=a.ctx, dream=a.dream,
                checkpoint=str(a.checkpoint or ckpt.DEFAULT), step=meta.get("step"))
     print(json.dumps(out, indent=1))
