@@ -97,7 +97,8 @@ HELP = {
     "ckpt_every": "save a checkpoint every N steps (also on exit and on SIGINT/SIGTERM)",
     "log_every": "append a line to OUT/log.jsonl every N steps",
     "out": "output directory: ckpt.safetensors/.json, log.jsonl, val.jsonl, dream_*.png",
-    "resume": "resume from this checkpoint stem ('auto': OUT/ckpt); step, schedule, optimizer, EMA continue",
+    "resume": "resume from this checkpoint stem ('auto': OUT/ckpt if it exists, else start fresh, so the same "
+              "command both starts and continues a run); step, schedule, optimizer, EMA continue",
     "init": "start from this checkpoint's weights (raw and EMA; same architecture) with a fresh optimizer, "
             "schedule and step 0: fine-tuning, e.g. with another --mix or --motion-weight",
     "motion_weight": "extra loss weight on pixels that change between frame t and t+1 (the disc, a pushed T)",
@@ -341,8 +342,13 @@ def train(cfg: TrainConfig) -> dict:
     ema.requires_grad_(False)
     opt = make_optimizer(cfg, model)
     step = 0
-    if cfg.resume:
-        path = out / "ckpt" if cfg.resume == "auto" else cfg.resume
+    resume = cfg.resume
+    if resume == "auto" and not (out / "ckpt.json").exists():
+        resume = ""  # 'auto' means: continue OUT/ckpt if there is one, else start; re-run the same command
+        if main:
+            print(f"[dva.train] --resume auto: no checkpoint in {out}, starting at step 0", flush=True)
+    if resume:
+        path = out / "ckpt" if resume == "auto" else resume
         meta = load_state(path, model, ema, opt, mcfg)
         step = int(meta["step"])
     elif cfg.init:

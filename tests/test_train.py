@@ -103,7 +103,8 @@ def test_resume_continues_exactly(dataset, tmp_path):
     common = ("--steps", "6", "--batch-size", "2", "--seq-len", "4", "--val-every", "0", "--ckpt-every", "0",
               "--log-every", "1", "--val-batch", "2", "--val-dream", "2")
     assert main(args(dataset, tmp_path / "a", *common)) == 0
-    assert main(args(dataset, tmp_path / "b", *common, "--stop-after", "3")) == 0
+    # the same command starts the run (no checkpoint yet) and continues it
+    assert main(args(dataset, tmp_path / "b", *common, "--stop-after", "3", "--resume", "auto")) == 0
     assert ckpt.read(tmp_path / "b" / "ckpt")[1]["step"] == 3
     assert main(args(dataset, tmp_path / "b", *common, "--resume", "auto")) == 0
     ta, ma = ckpt.read(tmp_path / "a" / "ckpt")
