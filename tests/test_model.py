@@ -231,3 +231,20 @@ def test_t_iou_measures_the_dreamed_t():
     assert 0.3 < iou[2] < 0.9 and iou[3] < 0.9, iou
     white = torch.ones_like(x[:1])
     assert t_iou(white, x[:1]).item() == 0.0
+
+
+def test_t_rigid_iou_tells_a_moved_t_from_a_dissolved_one():
+    from dva.model.frames import from_frames
+    from dva.model.validate import t_iou, t_rigid_iou
+    from dva.pusht import render_frames
+
+    true = torch.tensor([[100.0, 100.0, 300.0, 280.0, 0.7]] * 3, dtype=torch.float64)
+    moved = true.clone()
+    moved[1, 2:] += torch.tensor([11.0, -7.0, 0.12], dtype=torch.float64)  # rigidly elsewhere
+    x = from_frames(render_frames(moved))
+    x[2] = from_frames(render_frames(true[:1]))[0]
+    x[2, :, ::2] = 1.0  # every other row of the T erased: no longer a rigid T
+    r = t_rigid_iou(x, true)
+    assert r[0] > 0.99 and r[1] > 0.9, r
+    assert t_iou(x[1:2], from_frames(render_frames(true[:1]))).item() < 0.7
+    assert r[2] < 0.6, r

@@ -42,6 +42,38 @@ def t_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
+@torch.no_grad()
+def t_rigid_iou(pred: torch.Tensor, states: torch.Tensor, shift_px: float = 24.0, turn: float = 0.3) -> torch.Tensor:
+    """Does each dreamed frame still show a rigid T, wherever it put it? pred (n, 3, H, W),
+    states (n, 5) the true gym-pusht states of the same frames. Searches T poses around the true
+    one (coarse grid of +-shift_px and +-turn rad, then a finer grid around the best) and returns
+    the best IoU (n,) of the dream's T mask with a rendered rigid T (disc at its true place). A
+    T that moved rigidly to a wrong place still scores ~1; one that dissolved or smeared does not."""
+    from dva.pusht import render_frames
+
+    def grid(r, k):
+        return torch.linspace(-r, r, k, dtype=torch.float64)
+
+    out = []
+    for i in range(pred.shape[0]):
+        dream = t_mask(pred[i:i + 1])  # (1, H, W)
+        best = states[i].double().cpu()
+        for r_xy, r_th, k in ((shift_px, turn, 7), (shift_px / 6, turn / 6, 5)):
+            dx, dy, dth = torch.meshgrid(grid(r_xy, k), grid(r_xy, k), grid(r_th, k), indexing="ij")
+            cand = best.expand(dx.numel(), 5).clone()  # (K, 5)
+            cand[:, 2] += dx.flatten()
+            cand[:, 3] += dy.flatten()
+            cand[:, 4] += dth.flatten()
+            m = t_mask(from_frames(render_frames(cand)))  # (K, H, W)
+            inter = (m & dream).flatten(1).sum(1).float()
+            union = (m | dream).flatten(1).sum(1).float().clamp_min(1)
+            iou = inter / union
+            j = int(iou.argmax())
+            best = cand[j]
+        out.append(float(iou[j]))
+    return torch.tensor(out)
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """pred, target float (..., 3, H, W) in [-1, 1] -> PSNR (...) in dB on the uint8 frames."""
     a, b = to_frames(pred).float(), to_frames(target).float()
@@ -176,12 +208,15 @@ def main(argv=None) -> int:
         b = loader.sample(i)
         x = from_frames(b["frames"])
         m, dreams = validate(model, idm, x, b["actions"].float(), a.ctx, a.steps, a.seed + i)
+        if dreams is not None:  # per dream step: the best rigid-T fit of the dream's T pixels
+            st = b["states"][:, a.ctx:].flatten(0, 1)
+            m["t_rigid_iou_per_step"] = t_rigid_iou(dreams.flatten(0, 1), st).view(dreams.shape[:2]).mean(0).tolist()
         rows.append(m)
         if first is None:
             first = (x, dreams)
     keys = [k for k, v in rows[0].items() if isinstance(v, float)]
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    for k in ("psnr_ar_per_step", "t_iou_ar_per_step"):
+    for k in ("psnr_ar_per_step", "t_iou_ar_per_step", "t_rigid_iou_per_step"):
         out[k] = [round(float(v), 3) for v in np.mean([r[k] for r in rows], 0)] if k in rows[0] else []
     out.update(sequences=len(rows) * a.batch, source=a.source, sampler_steps=a.steps, ctx=a.ctx, dream=a.dream,
                checkpoint=str(a.checkpoint or ckpt.DEFAULT), step=meta.get("step"))
