@@ -65,6 +65,7 @@ class TrainConfig:
     resume: str = ""
     init: str = ""
     motion_weight: float = 20.0
+    ctx_noise: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -102,6 +103,8 @@ HELP = {
     "init": "start from this checkpoint's weights (raw and EMA; same architecture) with a fresh optimizer, "
             "schedule and step 0: fine-tuning, e.g. with another --mix or --motion-weight",
     "motion_weight": "extra loss weight on pixels that change between frame t and t+1 (the disc, a pushed T)",
+    "ctx_noise": "context noise augmentation: each context frame gets Gaussian noise with a std from U(0, this) "
+                 "(in [-1, 1] pixel units) so autoregressive dreams stay stable; 0: off",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
     "seed": "seed for init, batches and noise",
@@ -164,6 +167,8 @@ def parse_args(argv=None) -> TrainConfig:
         p.error("--resume and --init exclude each other: --resume continues a run, --init starts a new one")
     if cfg.motion_weight < 0:
         p.error(f"--motion-weight must be >= 0, got {cfg.motion_weight}")
+    if not 0 <= cfg.ctx_noise <= 1:
+        p.error(f"--ctx-noise must be in [0, 1], got {cfg.ctx_noise}")
     if cfg.lr <= 0:
         p.error(f"--lr must be > 0, got {cfg.lr}")
     try:
@@ -266,7 +271,7 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-_LOSS_ONLY = ("motion_weight", "action_dropout", "sampler_steps", "backend")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "action_dropout", "sampler_steps", "backend")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
@@ -334,7 +339,8 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
-    mcfg = preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight)
+    mcfg = preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
+                  ctx_noise=cfg.ctx_noise)
     torch.manual_seed(cfg.seed)
     model = Trainee(mcfg, cfg.model).to(dev)
     ema = Trainee(mcfg, cfg.model).to(dev)

@@ -248,3 +248,24 @@ def test_t_rigid_iou_tells_a_moved_t_from_a_dissolved_one():
     assert r[0] > 0.99 and r[1] > 0.9, r
     assert t_iou(x[1:2], from_frames(render_frames(true[:1]))).item() < 0.7
     assert r[2] < 0.6, r
+
+
+def test_context_noise_only_in_training():
+    """ctx_noise perturbs the context frames of the training loss, and only in train mode."""
+    from dva.model.config import preset
+
+    torch.manual_seed(0)
+    a = DVA(preset("tiny", backend="ref", ctx_noise=0.1))
+    b = DVA(preset("tiny", backend="ref", ctx_noise=0.0))
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+
+    def loss(m, train):
+        m.train(train)
+        return m(x, act, generator=torch.Generator().manual_seed(3)).item()
+
+    assert loss(a, False) == loss(b, False) == loss(b, True)
+    assert loss(a, True) != loss(b, True)
+    with pytest.raises(ValueError, match="ctx_noise"):
+        preset("tiny", ctx_noise=-0.1)

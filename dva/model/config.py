@@ -30,6 +30,10 @@ class DVAConfig:
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
     motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
     action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
+    # context noise augmentation (training only): each context frame gets Gaussian noise of a
+    # std drawn from U(0, ctx_noise), so the model learns to predict from imperfect frames (its
+    # own dreams, in autoregressive rollouts) instead of amplifying their errors
+    ctx_noise: float = 0.0
     sampler_steps: int = 4
     # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
     idm_ch: tuple[int, ...] = (32, 64, 128, 128)
@@ -51,6 +55,8 @@ class DVAConfig:
                 raise ValueError(f"channel count {c} is not divisible by groups={self.groups}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if not 0 <= self.ctx_noise <= 1:
+            raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
         if self.backend not in ("ref", "triton", "auto"):
             raise ValueError(f"backend must be 'ref', 'triton' or 'auto', got {self.backend!r}")
 

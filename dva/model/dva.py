@@ -78,11 +78,20 @@ class DVA(nn.Module):
         B, L = x.shape[:2]
         if L < 2:
             raise ValueError(f"training needs sequences of at least 2 frames, got L={L}")
-        ctx = self.context(x[:, :-1])  # the last frame is only a target
+        dev = x.device
+        clean = x[:, :-1]  # the last frame is only a target
+        seen = clean
+        if self.training and self.cfg.ctx_noise > 0:
+            # Autoregressive dreams feed the model its own slightly wrong frames; without this a
+            # 4.6M-parameter `s` model trained on clean frames turned the T into a noisy cloud
+            # from the second dreamed frame on (2-core CPU run, step 500, docs/model.md).
+            sig = torch.rand(B, L - 1, 1, 1, 1, device=dev, generator=generator) * self.cfg.ctx_noise
+            eps = torch.randn(clean.shape, device=dev, generator=generator, dtype=clean.dtype)
+            seen = (clean + sig * eps).clamp(-1, 1)  # dreams are clamped to [-1, 1] too
+        ctx = self.context(seen)
         target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
         act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
         n = target.shape[0]
-        dev = x.device
         tau = torch.rand(n, device=dev, generator=generator)
         noise = torch.randn(target.shape, device=dev, generator=generator, dtype=target.dtype)
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
@@ -91,7 +100,7 @@ class DVA(nn.Module):
         x_hat = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
-        moved = ((target - ctx.frame).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
+        moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
         w = 1.0 + self.cfg.motion_weight * moved
         return ((x_hat.float() - target.float()) ** 2 * w).sum() / (w.sum() * 3)
 
