@@ -31,13 +31,7 @@ def _planner(name):
     return DVAPlanner(DVA(cfg).to(DEV).eval(), IDM(cfg).to(DEV).eval(), DEV)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -29,15 +29,7 @@ DEV = "cuda" if CUDA else "cpu"
 DT = torch.bfloat16 if CUDA else torch.float32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    if CUDA:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _run(benchmark, fn, cpu_rounds: int = 20):
@@ -48,7 +40,6 @@ def _run(benchmark, fn, cpu_rounds: int = 20):
         timed()
         benchmark(timed)
     else:
-        benchmark.extra_info["torch_threads_used"] = torch.get_num_threads()
         benchmark.pedantic(fn, rounds=cpu_rounds, iterations=1, warmup_rounds=2)
 
 

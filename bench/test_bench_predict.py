@@ -30,6 +30,8 @@ if CUDA:
 else:
     CASES = [("tiny", 1, 4), ("s", 1, 1), ("s", 1, 4)]
 IMPLS = ("eager", "compile", "dvakern")
+# batch-1 CPU prediction runs on one torch thread, as dva.control does (see conftest.one_cpu_thread)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _build(name, batch, dev):
