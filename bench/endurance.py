@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--episode-steps", type=int, default=300, help="steps per episode (protocol: 300)")
     p.add_argument("--seed", type=int, default=100000, help="env seed of the first episode (then +1 each)")
     p.add_argument("--checkpoint", default="", help="DVA checkpoint; default: a random tiny model")
-    p.add_argument("--sample-steps", type=int, default=4, help="ODE steps per predicted frame")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="ODE steps per predicted frame (default: the model's sampler_steps)")
     p.add_argument("--delay", type=int, default=1, help="lockstep delay (steps), as in dva.control")
     p.add_argument("--replan", type=int, default=1, help="lockstep replan interval (steps), as in dva.control")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -263,6 +263,7 @@ def run(cfg: ControlConfig) -> dict:
         "mode": mode,
         "checkpoint": str(cfg.checkpoint), "checkpoint_meta": meta,
         "config": asdict(cfg),
+        "sample_steps": cfg.planner.sample_steps or planner.model.cfg.sampler_steps,  # the steps actually used
         "device": _device_name(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "gym_pusht": _version("gym-pusht"),
         "summary": {
@@ -310,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default; 1 keeps a core for the control loop)")
     p.add_argument("--no-video", action="store_true", help="skip the videos (metrics only)")
-    p.add_argument("--sample-steps", type=int, default=d.planner.sample_steps, help="ODE steps per predicted frame")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="ODE steps per predicted frame (default: the checkpoint's sampler_steps)")
     p.add_argument("--free-action", choices=("none", "prev"), default=d.planner.free_action,
                    help="conditioning of frames dreamed past the committed actions: none, or the previous planned action")
     p.add_argument("--delay", type=int, default=d.lockstep.delay,
@@ -325,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ControlConfig:
     d = ControlConfig()
     for name in ("episodes", "max_steps", "sample_steps", "replan", "h_max"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return ControlConfig(
         checkpoint=args.checkpoint, episodes=args.episodes, max_steps=args.max_steps, seed=args.seed, out=args.out,

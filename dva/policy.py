@@ -35,14 +35,16 @@ TRAIN_HINT = ("To make one: collect data (e.g. `python -m dva.collect --policy e
 
 @dataclass
 class PlannerConfig:
-    sample_steps: int = 4  # ODE steps per predicted frame
+    # ODE steps per predicted frame; None: the checkpoint's `sampler_steps`, which the trainer
+    # of the packaged model chose by held-out validation (docs/model.md)
+    sample_steps: int | None = None
     # What conditions a freely dreamed frame (beyond the committed actions): 'none' lets the
     # model dream what the expert would do (it is trained with action dropout), 'prev' feeds the
     # previous planned action (actions change slowly at 10 Hz).
     free_action: str = "none"
 
     def __post_init__(self):
-        if self.sample_steps < 1:
+        if self.sample_steps is not None and self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if self.free_action not in ("none", "prev"):
             raise ValueError(f"free_action must be 'none' or 'prev', got {self.free_action!r}")
