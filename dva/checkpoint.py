@@ -165,10 +165,16 @@ def load(path=None, device="cpu", weights: str = "ema"):
     return models[0], models[1], meta
 
 
-def export(src, dst, dtype=torch.float16) -> tuple[Path, Path]:
+def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None) -> tuple[Path, Path]:
     """Inference-only copy of a training checkpoint: EMA weights of video model and IDM in
-    `dtype` (the packaged default is fp16), same JSON minus optimizer state."""
+    `dtype` (the packaged default is fp16), same JSON minus optimizer state. sampler_steps sets
+    the model's default number of sampler steps (chosen by held-out validation), which the
+    planner uses unless told otherwise."""
     tensors, meta = read(src)
+    if sampler_steps is not None:
+        if not 1 <= sampler_steps <= 64:
+            raise CheckpointError(f"sampler_steps must be in [1, 64], got {sampler_steps}")
+        meta = {**meta, "config": {**meta["config"], "sampler_steps": int(sampler_steps)}}
     out = {}
     for key, name in (("ema", "model"), ("idm_ema", "idm")):
         part = section(tensors, key) or section(tensors, name)
@@ -189,13 +195,16 @@ def main(argv=None) -> int:
     e.add_argument("src", help="training checkpoint stem or file (e.g. runs/s/ckpt)")
     e.add_argument("dst", help="output stem, e.g. dva/assets/dva_s")
     e.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="weight dtype (default: fp16)")
+    e.add_argument("--sampler-steps", type=int, default=None,
+                   help="set the model's default sampler steps (pick them with python -m dva.model.validate --steps N); "
+                        "default: keep the training config's")
     i = sub.add_parser("info", help="validate a checkpoint and print its metadata")
     i.add_argument("path", help="checkpoint stem or file")
     a = p.parse_args(argv)
     try:
         if a.cmd == "export":
             dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-            st, js = export(a.src, a.dst, dt)
+            st, js = export(a.src, a.dst, dt, a.sampler_steps)
             print(f"wrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}")
         else:
             tensors, meta = read(a.path)

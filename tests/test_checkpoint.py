@@ -149,3 +149,8 @@ def test_export_fp16(tmp_path):
     m2, _, _ = ckpt.load(tmp_path / "export")
     w = m.state_dict()["decoder.stem.weight"] * 0.5  # the EMA weights were exported, not the raw ones
     torch.testing.assert_close(m2.state_dict()["decoder.stem.weight"], w, atol=1e-3, rtol=1e-3)
+    assert m2.cfg.sampler_steps == cfg.sampler_steps
+    ckpt.export(tmp_path / "train", tmp_path / "export1", sampler_steps=1)
+    assert ckpt.load(tmp_path / "export1")[0].cfg.sampler_steps == 1
+    with pytest.raises(ckpt.CheckpointError, match="sampler_steps"):
+        ckpt.export(tmp_path / "train", tmp_path / "export0", sampler_steps=0)
