@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="sequences per forward pass (default: 8)")
     p.add_argument("--ctx", type=int, default=3, help="real context frames before the dream (default: 3)")
     p.add_argument("--dream", type=int, default=8, help="autoregressive dream length (default: 8)")
-    p.add_argument("--steps", type=int, default=4, help="sampler steps (default: 4)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's sampler_steps)")
     p.add_argument("--seed", type=int, default=0, help="seed for the held-out draw and the noise (default: 0)")
     p.add_argument("--strip", default=None, help="write a dream strip PNG here (first 2 sequences)")
     p.add_argument("--json", default=None, help="write the metrics JSON here")
@@ -202,6 +202,9 @@ def main(argv=None) -> int:
         print(f"dva.model.validate: error: {e}", file=sys.stderr)
         return 2
     from tqdm import tqdm
+
+    if a.steps is None:
+        a.steps = model.cfg.sampler_steps
 
     rows, first = [], None
     for i in tqdm(range((a.sequences + a.batch - 1) // a.batch), desc="validate"):
