@@ -53,9 +53,14 @@ def main(argv=None) -> int:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     kwargs = {k: getattr(args, k) for k in POLICY_ARGS.get(args.policy, []) if getattr(args, k) is not None}
-    if args.policy == "dva" and args.checkpoint is not None and not args.checkpoint.is_file():
-        print(f"error: --checkpoint {args.checkpoint}: no such file", file=sys.stderr)
-        return 2
+    if args.policy == "dva" and args.checkpoint is not None:
+        from dva.checkpoint import paths  # a stem, x.json or x.safetensors, as everywhere else
+
+        st = paths(args.checkpoint)[0]
+        if not st.is_file():
+            print(f"error: --checkpoint {args.checkpoint}: no such file ({st})", file=sys.stderr)
+            return 2
+        kwargs["checkpoint"] = st
     pixels = args.render or args.policy not in PRIVILEGED
     try:
         res = evaluate(args.policy, seeds, workers=args.workers, max_steps=args.max_steps,

@@ -202,3 +202,21 @@ def test_protocol_runs_dva_through_the_eval_registry(tiny_ckpt):
     torch.set_num_threads(threads)
     assert res["gym_pusht_version"] == "0.1.8" and 0.0 <= res["score"] <= 1.0
     assert len(res["episodes_detail"]) == 1
+
+
+def test_eval_cli_takes_a_checkpoint_stem(tiny_ckpt, tmp_path, capsys):
+    """`python -m dva.eval --policy dva --checkpoint STEM` accepts a stem like every other CLI
+    and names the missing file otherwise."""
+    import json
+
+    from dva.eval import main
+
+    threads = torch.get_num_threads()
+    stem = str(tiny_ckpt).removesuffix(".safetensors")
+    out = tmp_path / "e.json"
+    assert main(["--policy", "dva", "--checkpoint", stem, "--device", "cpu", "--seeds", "100000", "--max-steps", "2",
+                 "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    torch.set_num_threads(threads)
+    assert json.loads(out.read_text())["episodes"][0]["steps"] == 2
+    assert main(["--policy", "dva", "--checkpoint", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err
