@@ -172,9 +172,14 @@ def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None) -> t
     planner uses unless told otherwise."""
     tensors, meta = read(src)
     if sampler_steps is not None:
-        if not 1 <= sampler_steps <= 64:
-            raise CheckpointError(f"sampler_steps must be in [1, 64], got {sampler_steps}")
-        meta = {**meta, "config": {**meta["config"], "sampler_steps": int(sampler_steps)}}
+        from dva.model.config import DVAConfig
+
+        config = {**meta["config"], "sampler_steps": int(sampler_steps)}
+        try:
+            DVAConfig.from_dict(config)  # the config validates its own fields
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{paths(src)[0]}: cannot export with sampler_steps={sampler_steps}: {e}") from None
+        meta = {**meta, "config": config}
     out = {}
     for key, name in (("ema", "model"), ("idm_ema", "idm")):
         part = section(tensors, key) or section(tensors, name)

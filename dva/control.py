@@ -263,7 +263,7 @@ def run(cfg: ControlConfig) -> dict:
         "mode": mode,
         "checkpoint": str(cfg.checkpoint), "checkpoint_meta": meta,
         "config": asdict(cfg),
-        "sample_steps": cfg.planner.sample_steps or planner.model.cfg.sampler_steps,  # the steps actually used
+        "sample_steps": planner.sample_steps,
         "device": _device_name(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "gym_pusht": _version("gym-pusht"),
         "summary": {

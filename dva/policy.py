@@ -57,6 +57,7 @@ class DVAPlanner:
         self.model, self.idm = model, idm
         self.device = torch.device(device)
         self.cfg = cfg or PlannerConfig()
+        self.sample_steps = self.cfg.sample_steps or model.cfg.sampler_steps  # the steps actually used
         self.reset(0)
 
     def reset(self, seed: int) -> None:
@@ -107,7 +108,7 @@ class DVAPlanner:
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
-                nxt = m.sample(ctx, action=cond, steps=self.cfg.sample_steps, noise=noise)  # (1, 3, 96, 96)
+                nxt = m.sample(ctx, action=cond, steps=self.sample_steps, noise=noise)  # (1, 3, 96, 96)
                 if j < n:
                     a = cond
                 else:

@@ -167,10 +167,12 @@ def parse_args(argv=None) -> TrainConfig:
         p.error("--resume and --init exclude each other: --resume continues a run, --init starts a new one")
     if cfg.motion_weight < 0:
         p.error(f"--motion-weight must be >= 0, got {cfg.motion_weight}")
-    if not 0 <= cfg.ctx_noise <= 1:
-        p.error(f"--ctx-noise must be in [0, 1], got {cfg.ctx_noise}")
     if cfg.lr <= 0:
         p.error(f"--lr must be > 0, got {cfg.lr}")
+    try:
+        model_config(cfg)  # --ctx-noise, --sampler-steps, ... are checked by DVAConfig
+    except ValueError as e:
+        p.error(f"model config: {e}")
     try:
         sources = parse_sources(cfg.data)
         extra = sorted(make_schedule(cfg).sources - set(sources))
@@ -179,6 +181,12 @@ def parse_args(argv=None) -> TrainConfig:
     except ValueError as e:
         p.error(str(e))
     return cfg
+
+
+def model_config(cfg: TrainConfig) -> DVAConfig:
+    """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
+    return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
+                  ctx_noise=cfg.ctx_noise)
 
 
 def parse_sources(items) -> dict[str, str]:
@@ -339,8 +347,7 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
-    mcfg = preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
-                  ctx_noise=cfg.ctx_noise)
+    mcfg = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = Trainee(mcfg, cfg.model).to(dev)
     ema = Trainee(mcfg, cfg.model).to(dev)

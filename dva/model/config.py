@@ -55,6 +55,8 @@ class DVAConfig:
                 raise ValueError(f"channel count {c} is not divisible by groups={self.groups}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if not 1 <= self.sampler_steps <= 64:
+            raise ValueError(f"sampler_steps must be in [1, 64], got {self.sampler_steps}")
         if not 0 <= self.ctx_noise <= 1:
             raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
         if self.backend not in ("ref", "triton", "auto"):

@@ -34,12 +34,16 @@ def t_mask(x: torch.Tensor) -> torch.Tensor:
     return (k == 2) | (k == 3)
 
 
-def t_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of the T masks of pred and target (..., 3, H, W) -> (...)."""
-    a, b = t_mask(pred), t_mask(target)
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks (..., H, W) -> (...); 0 where both are empty."""
     inter = (a & b).flatten(-2).sum(-1).float()
     union = (a | b).flatten(-2).sum(-1).float().clamp_min(1)
     return inter / union
+
+
+def t_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of the T masks of pred and target (..., 3, H, W) -> (...)."""
+    return mask_iou(t_mask(pred), t_mask(target))
 
 
 @torch.no_grad()
@@ -64,10 +68,7 @@ def t_rigid_iou(pred: torch.Tensor, states: torch.Tensor, shift_px: float = 24.0
             cand[:, 2] += dx.flatten()
             cand[:, 3] += dy.flatten()
             cand[:, 4] += dth.flatten()
-            m = t_mask(from_frames(render_frames(cand)))  # (K, H, W)
-            inter = (m & dream).flatten(1).sum(1).float()
-            union = (m | dream).flatten(1).sum(1).float().clamp_min(1)
-            iou = inter / union
+            iou = mask_iou(t_mask(from_frames(render_frames(cand))), dream)  # (K,)
             j = int(iou.argmax())
             best = cand[j]
         out.append(float(iou[j]))
