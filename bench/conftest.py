@@ -77,9 +77,10 @@ def telemetry() -> dict:
 
 @pytest.fixture
 def one_cpu_thread(request):
-    """Batch-1 CPU work the way dva.control runs it: one torch thread (2-vCPU Intel Xeon dev
-    machine, 2026-12-01: the `s` control step took 60 ms with 1 thread and 100 ms with 2; on the
-    loaded box F.group_norm (1, 64, 48, 48) took 15.4 ms with 2 and 0.055 ms with 1). No-op on CUDA."""
+    """Batch-1 CPU work the way dva.control runs it: one torch thread. On the 2-vCPU Intel Xeon
+    dev machine (2026-12-01) the `s` prediction step took 59 ms with 1 thread and 108 ms with 2
+    (test_predict's -t2 row); on the loaded box F.group_norm (1, 64, 48, 48) took 15.4 ms with 2
+    and 0.055 ms with 1. No-op on CUDA."""
     old = torch.get_num_threads()
     if not torch.cuda.is_available():
         torch.set_num_threads(1)

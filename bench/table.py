@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 BASELINES = ("eager", "ref")
-CONFIG_KEYS = ("preset", "batch", "dtype", "steps", "shape", "seq_len", "workers", "mode")
+CONFIG_KEYS = ("preset", "batch", "dtype", "steps", "threads", "shape", "seq_len", "workers", "mode")
 
 
 def fmt_time(s: float) -> str:

@@ -9,8 +9,10 @@ One call = one control step: encode a real frame, one transformer step on the ri
 `steps` sampler steps and the IDM, at batch B. frames/s = B / median. The ratio column of the
 README table is eager median / impl median within the same run.
 
-CPU (quick): tiny and s at batch 1, 4 sampler steps; compile only for tiny (its compile alone
-takes minutes for s on 2 cores). CUDA: s and m at batch 1/64/256, 1/2/4/8 steps.
+CPU (quick): tiny and s at batch 1, 4 sampler steps, on one torch thread as dva.control runs;
+compile only for tiny (its compile alone takes minutes for s on 2 cores); one eager row of s
+on 2 threads (`-t2`) shows why one thread is the default. CUDA: s and m at batch 1/64/256,
+1/2/4/8 steps.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ if CUDA:
     CASES = [(p, b, s) for p in ("s", "m") for b in (1, 64, 256) for s in (1, 2, 4, 8)]
 else:
     CASES = [("tiny", 1, 4), ("s", 1, 1), ("s", 1, 4)]
+THREADS = [(c, 1) for c in CASES] + ([] if CUDA else [(("s", 1, 4), 2)])
 IMPLS = ("eager", "compile", "dvakern")
 # batch-1 CPU prediction runs on one torch thread, as dva.control does (see conftest.one_cpu_thread)
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -51,10 +54,16 @@ def _sync():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name,batch,steps", CASES, ids=[f"{p}-b{b}-s{s}" for p, b, s in CASES])
-def test_predict(benchmark, name, batch, steps, impl):
+@pytest.mark.parametrize("case,threads", THREADS,
+                         ids=[f"{p}-b{b}-s{s}" + ("" if t == 1 else f"-t{t}") for (p, b, s), t in THREADS])
+def test_predict(benchmark, case, threads, impl):
+    name, batch, steps = case
     if impl == "compile" and not CUDA and name != "tiny":
         pytest.skip("compile of preset s on 2 CPU cores takes minutes; measured for tiny only on CPU")
+    if threads != 1:
+        if impl != "eager":
+            pytest.skip("the thread-count row is measured on the eager reference only")
+        torch.set_num_threads(threads)  # one_cpu_thread restores the count afterwards
     dev = torch.device("cuda" if CUDA else "cpu")
     model, idm, cache, frame, action, noise = _build(name, batch, dev)
 
@@ -86,7 +95,7 @@ def test_predict(benchmark, name, batch, steps, impl):
             fn(frame, action, noise)
             _sync()
 
-        benchmark.extra_info.update(case=f"{name}/b{batch}/steps{steps}", impl=impl, preset=name, batch=batch,
-                                    steps=steps, dtype="fp32", items_per_call=batch, unit="frames",
+        benchmark.extra_info.update(case=f"{name}/b{batch}/steps{steps}" + ("" if threads == 1 else f"/t{threads}"), impl=impl, preset=name, batch=batch,
+                                    steps=steps, dtype="fp32", threads=torch.get_num_threads(), items_per_call=batch, unit="frames",
                                     warmup_compile_s=round(warm_s, 3), backend=dvakern.get_backend())
         benchmark.pedantic(call, rounds=5 if name == "s" and not CUDA else 20, iterations=1, warmup_rounds=1)
