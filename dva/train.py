@@ -66,6 +66,8 @@ class TrainConfig:
     init: str = ""
     motion_weight: float = 20.0
     ctx_noise: float = 0.0
+    self_forcing: float = 0.0
+    loss: str = "mse"
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -105,6 +107,9 @@ HELP = {
     "motion_weight": "extra loss weight on pixels that change between frame t and t+1 (the disc, a pushed T)",
     "ctx_noise": "context noise augmentation: each context frame gets Gaussian noise with a std from U(0, this) "
                  "(in [-1, 1] pixel units) so autoregressive dreams stay stable; 0: off",
+    "self_forcing": "probability that a context frame is replaced by the model's own 1-step prediction of it "
+                    "(one extra no-grad pass per step), so it learns to recover from its own dreams; 0: off",
+    "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
     "seed": "seed for init, batches and noise",
@@ -137,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "preset":
             p.add_argument(flag, choices=sorted(MODEL_PRESETS), default=default,
                            help=HELP[f.name] + f"; also sets training defaults for that size (default: {default})")
+        elif f.name == "loss":
+            p.add_argument(flag, choices=["mse", "l1"], default=default, help=HELP[f.name] + f" (default: {default})")
         elif f.name == "backend":
             p.add_argument(flag, choices=["ref", "triton", "auto"], default=default,
                            help=HELP[f.name] + f" (default: {default})")
@@ -186,7 +193,7 @@ def parse_args(argv=None) -> TrainConfig:
 def model_config(cfg: TrainConfig) -> DVAConfig:
     """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
-                  ctx_noise=cfg.ctx_noise)
+                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing, loss=cfg.loss)
 
 
 def parse_sources(items) -> dict[str, str]:
@@ -279,7 +286,7 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "action_dropout", "sampler_steps", "backend")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "loss", "action_dropout", "sampler_steps", "backend")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

@@ -269,3 +269,54 @@ def test_context_noise_only_in_training():
     assert loss(a, True) != loss(b, True)
     with pytest.raises(ValueError, match="ctx_noise"):
         preset("tiny", ctx_noise=-0.1)
+
+
+def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
+    """With self_forcing=1 every context frame after the first is the model's 1-step prediction
+    of it from the real frames before it (what an autoregressive dream feeds back); frame 0 and
+    the eval-mode loss are untouched."""
+    torch.manual_seed(0)
+    m = DVA(preset("tiny", backend="ref", self_forcing=1.0))
+    x = torch.rand(2, 5, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 5, 2) * 512
+    clean = x[:, :-1]
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    seen = m._self_force(clean, act, generator=g())
+    assert torch.equal(seen[:, 0], clean[:, 0])
+    ctx = m.context(clean[:, :-1])
+    want = m.sample(ctx, act[:, :3].flatten(0, 1), steps=1, generator=g()).view(2, 3, 3, 96, 96)
+    torch.testing.assert_close(seen[:, 1:], want, rtol=0, atol=1e-6)
+    assert (seen[:, 1:] - clean[:, 1:]).abs().mean() > 0.1  # an untrained model predicts badly
+
+    off = DVA(preset("tiny", backend="ref"))
+    off.load_state_dict(m.state_dict())
+
+    def loss(model, train):
+        model.train(train)
+        return model(x, act, generator=torch.Generator().manual_seed(3)).item()
+
+    assert loss(m, False) == loss(off, False)
+    assert loss(m, True) != loss(off, True)
+    with pytest.raises(ValueError, match="self_forcing"):
+        preset("tiny", self_forcing=1.5)
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_loss_is_the_motion_weighted_pixel_error(kind):
+    """The training loss is the motion-weighted mean of (x_hat - target)^2 or |x_hat - target|,
+    recomputed here from the decoder's actual output."""
+    torch.manual_seed(0)
+    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0)).eval()
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+    got = {}
+    h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("x_hat", out))
+    loss = m(x, act, generator=torch.Generator().manual_seed(1))
+    h.remove()
+    target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
+    w = 1 + 5.0 * ((target - prev).abs().amax(1, keepdim=True) > 0.1).float()
+    err = got["x_hat"] - target
+    err = err**2 if kind == "mse" else err.abs()
+    torch.testing.assert_close(loss, (err * w).sum() / (w.sum() * 3), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="loss"):
+        preset("tiny", loss="huber")

@@ -163,6 +163,9 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     (["--data", "nowhere=/does/not/exist"], "directory '/does/not/exist' does not exist"),
     (["--preset", "xl"], "invalid choice: 'xl'"),
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--self-forcing", "2"], "self_forcing must be in [0, 1], got 2.0"),
+    (["--ctx-noise", "-1"], "ctx_noise must be in [0, 1], got -1.0"),
+    (["--loss", "huber"], "invalid choice: 'huber'"),
 ])
 def test_bad_arguments(dataset, tmp_path, capsys, bad, msg):
     with pytest.raises(SystemExit) as e:

@@ -34,6 +34,12 @@ class DVAConfig:
     # std drawn from U(0, ctx_noise), so the model learns to predict from imperfect frames (its
     # own dreams, in autoregressive rollouts) instead of amplifying their errors
     ctx_noise: float = 0.0
+    # self forcing (training only; parallel scheduled sampling): a no-grad pass predicts every
+    # next frame from the context (1 sampler step, as shipped), and each context frame after the
+    # first is replaced by the model's own prediction of it with this probability, so the model
+    # learns to turn its own blurred dreams back into a sharp next frame
+    self_forcing: float = 0.0
+    loss: str = "mse"  # 'mse' (conditional mean: blurs what is uncertain) or 'l1' (median: stays sharp)
     sampler_steps: int = 4
     # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
     idm_ch: tuple[int, ...] = (32, 64, 128, 128)
@@ -59,6 +65,10 @@ class DVAConfig:
             raise ValueError(f"sampler_steps must be in [1, 64], got {self.sampler_steps}")
         if not 0 <= self.ctx_noise <= 1:
             raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
+        if not 0 <= self.self_forcing <= 1:
+            raise ValueError(f"self_forcing must be in [0, 1], got {self.self_forcing}")
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):
             raise ValueError(f"backend must be 'ref', 'triton' or 'auto', got {self.backend!r}")
 

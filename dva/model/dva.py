@@ -81,13 +81,15 @@ class DVA(nn.Module):
         dev = x.device
         clean = x[:, :-1]  # the last frame is only a target
         seen = clean
+        if self.training and self.cfg.self_forcing > 0:
+            seen = self._self_force(clean, actions, generator)
         if self.training and self.cfg.ctx_noise > 0:
             # Autoregressive dreams feed the model its own slightly wrong frames; without this a
             # 4.6M-parameter `s` model trained on clean frames turned the T into a noisy cloud
             # from the second dreamed frame on (2-core CPU run, step 500, docs/model.md).
             sig = torch.rand(B, L - 1, 1, 1, 1, device=dev, generator=generator) * self.cfg.ctx_noise
             eps = torch.randn(clean.shape, device=dev, generator=generator, dtype=clean.dtype)
-            seen = (clean + sig * eps).clamp(-1, 1)  # dreams are clamped to [-1, 1] too
+            seen = (seen + sig * eps).clamp(-1, 1)  # dreams are clamped to [-1, 1] too
         ctx = self.context(seen)
         target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
         act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
@@ -102,7 +104,24 @@ class DVA(nn.Module):
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
         w = 1.0 + self.cfg.motion_weight * moved
-        return ((x_hat.float() - target.float()) ** 2 * w).sum() / (w.sum() * 3)
+        err = x_hat.float() - target.float()
+        err = err.abs() if self.cfg.loss == "l1" else err**2
+        return (err * w).sum() / (w.sum() * 3)
+
+    @torch.no_grad()
+    def _self_force(self, clean, actions, generator=None):
+        """Context frames (B, T, 3, H, W) with each frame after the first replaced, with
+        probability cfg.self_forcing, by the model's own 1-step prediction of it from the real
+        frames before it (one teacher-forced pass: context amortization gives every prediction
+        at once). The targets of the loss stay the real frames."""
+        B, T = clean.shape[:2]
+        if T < 2:
+            return clean
+        ctx = self.context(clean[:, :-1])
+        act = actions[:, : T - 1].flatten(0, 1)
+        pred = self.sample(ctx, act, steps=1, generator=generator).view(B, T - 1, *clean.shape[2:])
+        swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
+        return torch.cat([clean[:, :1], torch.where(swap, pred.to(clean.dtype), clean[:, 1:])], dim=1)
 
     # ---- inference --------------------------------------------------------------------------
     def init_cache(self, batch_size: int, device, dtype=torch.float32) -> RingCache:
