@@ -112,10 +112,11 @@ def section(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
 
 
-def load_into(module: torch.nn.Module, state: dict, where: str) -> None:
-    """load_state_dict with a message that names missing, unexpected and mis-shaped tensors."""
+def load_into(module: torch.nn.Module, state: dict, where: str, fresh: tuple[str, ...] = ()) -> None:
+    """load_state_dict with a message that names missing, unexpected and mis-shaped tensors.
+    Tensors whose names start with a prefix in `fresh` may be missing: they keep their init."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (fresh and k.startswith(fresh)))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
@@ -128,7 +129,7 @@ def load_into(module: torch.nn.Module, state: dict, where: str) -> None:
         if shapes:
             parts.append(f"shape mismatch: {'; '.join(shapes[:3])}")
         raise CheckpointError(f"{where}: does not match the model config: " + ", ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
 def config_diff(a: dict, b: dict) -> list[str]:

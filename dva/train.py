@@ -68,6 +68,7 @@ class TrainConfig:
     ctx_noise: float = 0.0
     self_forcing: float = 0.0
     loss: str = "mse"
+    warp: bool = False
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -109,6 +110,8 @@ HELP = {
                  "(in [-1, 1] pixel units) so autoregressive dreams stay stable; 0: off",
     "self_forcing": "probability that a context frame is replaced by the model's own 1-step prediction of it "
                     "(one extra no-grad pass per step), so it learns to recover from its own dreams; 0: off",
+    "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
+            "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -142,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "preset":
             p.add_argument(flag, choices=sorted(MODEL_PRESETS), default=default,
                            help=HELP[f.name] + f"; also sets training defaults for that size (default: {default})")
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP[f.name] + f" (default: {default})")
         elif f.name == "loss":
             p.add_argument(flag, choices=["mse", "l1"], default=default, help=HELP[f.name] + f" (default: {default})")
         elif f.name == "backend":
@@ -193,7 +199,8 @@ def parse_args(argv=None) -> TrainConfig:
 def model_config(cfg: TrainConfig) -> DVAConfig:
     """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
-                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing, loss=cfg.loss)
+                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing, loss=cfg.loss,
+                  warp=cfg.warp)
 
 
 def parse_sources(items) -> dict[str, str]:
@@ -298,16 +305,20 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{st}: bad model config ({e})") from None
     mine = mcfg.to_dict()
+    fresh = ()
     if opt is None:
         for k in _LOSS_ONLY:
             saved.pop(k, None), mine.pop(k, None)
+        if mine["warp"] and not saved["warp"]:  # --init may add the (zero-initialised) warp head
+            saved.pop("warp"), mine.pop("warp")
+            fresh = ("decoder.flow.",)
     diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")
     for attr, raw, avg in _PARTS:
         if getattr(model, attr) is not None:
-            ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]")
-            ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]")
+            ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]", fresh)
+            ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]", fresh)
     if opt is None:
         return meta
     sd = opt.state_dict()

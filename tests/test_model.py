@@ -320,3 +320,29 @@ def test_loss_is_the_motion_weighted_pixel_error(kind):
     torch.testing.assert_close(loss, (err * w).sum() / (w.sum() * 3), rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="loss"):
         preset("tiny", loss="huber")
+
+
+def test_warp_moves_pixels_and_a_zero_head_is_the_residual_model():
+    """warp(frame, flow) samples frame at p + flow(p) (pixels of the full frame); the warp head is
+    zero at init, so a warp model starts as exactly the model it is fine-tuned from."""
+    from dva.model.unet import warp
+
+    f = torch.rand(2, 3, 96, 96)
+    # atol: fp32 rounding of the sample coordinates (~1e-7 in [-1, 1] units, x48 px); a shift off
+    # by one pixel would be off by ~0.3 here
+    torch.testing.assert_close(warp(f, torch.zeros(2, 2, 48, 48)), f, rtol=0, atol=5e-5)
+    flow = torch.zeros(2, 2, 48, 48)
+    flow[:, 0], flow[:, 1] = 3.0, -2.0  # out(x, y) = f(x + 3, y - 2)
+    torch.testing.assert_close(warp(f, flow)[..., 2:, :93], f[..., :94, 3:], rtol=0, atol=5e-5)
+
+    torch.manual_seed(0)
+    plain = DVA(preset("tiny", backend="ref")).eval()
+    warped = DVA(preset("tiny", backend="ref", warp=True)).eval()
+    missing = warped.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["decoder.flow.bias", "decoder.flow.weight"]
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    torch.testing.assert_close(warped(x, act, generator=g()), plain(x, act, generator=g()), rtol=1e-5, atol=1e-6)
+    loss = DVA(preset("tiny", backend="ref", warp=True)).train()(x, act, generator=g())
+    loss.backward()

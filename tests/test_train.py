@@ -147,7 +147,16 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     # one step of a fresh AdamW moves each weight by at most ~lr (warmup LR), so b stays near a
     lr = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])["lr"]
     assert 0 < (tb[k] - ta[k]).abs().max() <= 1.5 * lr
+    # --warp adds the zero-initialised warp head to a checkpoint without one; the rest must match
+    assert main(args(dataset, tmp_path / "w", *common, "--stop-after", "1", "--init", str(tmp_path / "a" / "ckpt"),
+                     "--warp")) == 0
+    tw, mw = ckpt.read(tmp_path / "w" / "ckpt")
+    assert mw["config"]["warp"] and "model.decoder.flow.weight" in tw and "ema.decoder.flow.weight" in tw
+    assert main(args(dataset, tmp_path / "v", *common, "--stop-after", "1", "--resume", "auto",
+                     "--init", "", "--warp")) == 0  # a fresh warp run
     capsys.readouterr()
+    assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "w" / "ckpt"))) == 2
+    assert "warp: True vs False" in capsys.readouterr().err  # the head is never dropped silently
     assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "a" / "ckpt"), "--preset", "s")) == 2
     assert "model config differs" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -27,6 +27,10 @@ class DVAConfig:
     # flow-matching U-Net decoder: channels per level at 48, 24, 12 px, res blocks per level
     dec_ch: tuple[int, ...] = (32, 64, 128)
     dec_blocks: int = 1
+    # warp head: the decoder also predicts a displacement field and starts from frame t warped by
+    # it (x_hat = warp(frame t, flow) + residual), so a moved T is the old T resampled, not
+    # repainted; a zero-initialised head makes the model start as the residual-only one
+    warp: bool = False
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
     motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
     action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works

@@ -73,6 +73,10 @@ class FlowUNet(nn.Module):
         self.out = conv3(ch[0], 12)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if cfg.warp:
+            self.flow = conv3(ch[0], 2)  # displacement (dx, dy) in pixels of the full frame, at H/2
+            nn.init.zeros_(self.flow.weight)
+            nn.init.zeros_(self.flow.bias)
 
     def cond(self, tau, ctx, action, action_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
@@ -111,4 +115,20 @@ class FlowUNet(nn.Module):
                 h = blk(h, c)
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return frame + F.pixel_shuffle(self.out(self.out_norm(h)), 2)  # (B, 3, H, W)
+        h = self.out_norm(h)
+        base = warp(frame, self.flow(h)) if hasattr(self, "flow") else frame
+        return base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
+
+
+def warp(frame, flow):
+    """Backward warp: out(p) = frame(p + flow(p)), bilinear. frame (B, C, H, W); flow (B, 2, h, w)
+    displacements (dx, dy) in pixels of the full frame, upsampled bilinearly to H x W."""
+    B, _, H, W = frame.shape
+    flow = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)
+    ys = (torch.arange(H, device=frame.device, dtype=torch.float32) + 0.5) * (2 / H) - 1
+    xs = (torch.arange(W, device=frame.device, dtype=torch.float32) + 0.5) * (2 / W) - 1
+    gx = xs.view(1, 1, W) + flow[:, 0] * (2 / W)
+    gy = ys.view(1, H, 1) + flow[:, 1] * (2 / H)
+    grid = torch.stack([gx, gy], dim=-1)  # (B, H, W, 2) in grid_sample's (x, y) order
+    out = F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(frame.dtype)
