@@ -69,6 +69,7 @@ class TrainConfig:
     self_forcing: float = 0.0
     loss: str = "mse"
     warp: bool = False
+    warp_loss: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -112,6 +113,8 @@ HELP = {
                     "(one extra no-grad pass per step), so it learns to recover from its own dreams; 0: off",
     "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
             "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
+    "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
+                 "displacement field, not the residual, explain the motion; 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -200,7 +203,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
     """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing, loss=cfg.loss,
-                  warp=cfg.warp)
+                  warp=cfg.warp, warp_loss=cfg.warp_loss)
 
 
 def parse_sources(items) -> dict[str, str]:
@@ -293,7 +296,7 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "loss", "action_dropout", "sampler_steps", "backend")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "loss", "warp_loss", "action_dropout", "sampler_steps", "backend")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

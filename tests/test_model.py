@@ -301,23 +301,34 @@ def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
         preset("tiny", self_forcing=1.5)
 
 
-@pytest.mark.parametrize("kind", ["mse", "l1"])
-def test_loss_is_the_motion_weighted_pixel_error(kind):
+@pytest.mark.parametrize("kind,warp_loss", [("mse", 0.0), ("l1", 0.0), ("l1", 0.5)])
+def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss):
     """The training loss is the motion-weighted mean of (x_hat - target)^2 or |x_hat - target|,
-    recomputed here from the decoder's actual output."""
+    plus warp_loss times the same error of the warped frame alone, recomputed here from the
+    decoder's actual outputs."""
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0)).eval()
+    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss))
+    if warp_loss:  # a non-zero displacement, so that the warped frame differs from frame t
+        torch.nn.init.normal_(m.decoder.flow.weight, std=0.05)
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
     got = {}
-    h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("x_hat", out))
-    loss = m(x, act, generator=torch.Generator().manual_seed(1))
+    h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("out", out))
+    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1))
     h.remove()
+    x_hat, warped = got["out"]
     target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
     w = 1 + 5.0 * ((target - prev).abs().amax(1, keepdim=True) > 0.1).float()
-    err = got["x_hat"] - target
-    err = err**2 if kind == "mse" else err.abs()
-    torch.testing.assert_close(loss, (err * w).sum() / (w.sum() * 3), rtol=1e-5, atol=0)
+
+    def err(pred):
+        e = pred - target
+        return ((e**2 if kind == "mse" else e.abs()) * w).sum() / (w.sum() * 3)
+
+    if warp_loss:
+        assert (warped - prev).abs().mean() > 1e-3
+    torch.testing.assert_close(loss, err(x_hat) + warp_loss * err(warped), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="warp_loss"):
+        preset("tiny", warp_loss=0.5)  # needs the warp head
     with pytest.raises(ValueError, match="loss"):
         preset("tiny", loss="huber")
 

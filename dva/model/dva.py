@@ -99,12 +99,18 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        x_hat = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep)
+        x_hat, warped = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
         w = 1.0 + self.cfg.motion_weight * moved
-        err = x_hat.float() - target.float()
+        loss = self._pixel_loss(x_hat, target, w)
+        if self.cfg.warp_loss:  # the warped frame alone must explain the motion too
+            loss = loss + self.cfg.warp_loss * self._pixel_loss(warped, target, w)
+        return loss
+
+    def _pixel_loss(self, pred, target, w):
+        err = pred.float() - target.float()
         err = err.abs() if self.cfg.loss == "l1" else err**2
         return (err * w).sum() / (w.sum() * 3)
 

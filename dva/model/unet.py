@@ -74,7 +74,7 @@ class FlowUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         if cfg.warp:
-            self.flow = conv3(ch[0], 2)  # displacement (dx, dy) in pixels of the full frame, at H/2
+            self.flow = conv3(ch[0], 2)  # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
 
@@ -90,9 +90,10 @@ class FlowUNet(nn.Module):
                 a = torch.where(action_mask[:, None], a, self.null_act.to(a.dtype))
         return self.cond_act(c + a)
 
-    def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None):
+    def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False):
         """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
-        frame t. Returns the predicted next frame (B, 3, H, W)."""
+        frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
+        by the predicted displacement (before the residual; frame t itself without a warp head)."""
         c = self.cond(tau, ctx, action, action_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
@@ -116,8 +117,14 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base = warp(frame, self.flow(h)) if hasattr(self, "flow") else frame
-        return base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
+        base = warp(frame, FLOW_GAIN * self.flow(h)) if hasattr(self, "flow") else frame
+        x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
+        return (x_hat, base) if with_warp else x_hat
+
+
+# The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's
+# scale, so the gain sets how fast the displacement can grow from its zero init.
+FLOW_GAIN = 4.0
 
 
 def warp(frame, flow):
