@@ -9,7 +9,8 @@ One call = one control step: encode a real frame, one transformer step on the ri
 `steps` sampler steps and the IDM, at batch B. frames/s = B / median. The ratio column of the
 README table is eager median / impl median within the same run.
 
-CPU (quick): tiny and s at batch 1, 4 sampler steps, on one torch thread as dva.control runs;
+CPU (quick): tiny and s at batch 1, 4 sampler steps (s also at 1 step, with and without the
+warp head of the packaged model: `s+warp`), on one torch thread as dva.control runs;
 compile only for tiny (its compile alone takes minutes for s on 2 cores); one eager row of s
 on 2 threads (`-t2`) shows why one thread is the default. CUDA: s and m at batch 1/64/256,
 1/2/4/8 steps.
@@ -30,7 +31,7 @@ CUDA = torch.cuda.is_available()
 if CUDA:
     CASES = [(p, b, s) for p in ("s", "m") for b in (1, 64, 256) for s in (1, 2, 4, 8)]
 else:
-    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s", 1, 4)]
+    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s+warp", 1, 1), ("s", 1, 4)]
 THREADS = [(c, 1) for c in CASES] + ([] if CUDA else [(("s", 1, 4), 2)])
 IMPLS = ("eager", "compile", "dvakern")
 # batch-1 CPU prediction runs on one torch thread, as dva.control does (see conftest.one_cpu_thread)
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 def _build(name, batch, dev):
     torch.manual_seed(0)
-    cfg = preset(name)
+    base, *heads = name.split("+")  # "s+warp": preset s with the warp head, as the packaged dva_s
+    cfg = preset(base, **{h: True for h in heads})
     model, idm = DVA(cfg).to(dev).eval(), IDM(cfg).to(dev).eval()
     cache = model.init_cache(batch, dev)
     frame = torch.rand(batch, 3, 96, 96, device=dev) * 2 - 1
@@ -98,4 +100,4 @@ def test_predict(benchmark, case, threads, impl):
         benchmark.extra_info.update(case=f"{name}/b{batch}/steps{steps}" + ("" if threads == 1 else f"/t{threads}"), impl=impl, preset=name, batch=batch,
                                     steps=steps, dtype="fp32", threads=torch.get_num_threads(), items_per_call=batch, unit="frames",
                                     warmup_compile_s=round(warm_s, 3), backend=dvakern.get_backend())
-        benchmark.pedantic(call, rounds=5 if name == "s" and not CUDA else 20, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(call, rounds=5 if name.startswith("s") and not CUDA else 20, iterations=1, warmup_rounds=1)
