@@ -9,7 +9,6 @@ steps; prints a one-line summary. The video policy joins as `--policy dva --chec
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env seeds, 'START:STOP' (half-open) or 'a,b,c' (default: the protocol's 50)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one episode each at a time)")
     p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps per episode (protocol: 300)")
-    p.add_argument("--out", type=Path, default=None, help="JSON file for the metrics (written atomically)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file for the metrics, written atomically (default: runs/eval_POLICY.json)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --policy dva")
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
     p.add_argument("--render", action="store_true",
@@ -72,15 +72,15 @@ def main(argv=None) -> int:
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **res}
     res["episodes"] = res.pop("episodes_detail")
     res["n_episodes"] = len(res["episodes"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, res)
+    if args.out is None:  # a 10-minute protocol run is never thrown away for a missing flag
+        args.out = Path("runs") / f"eval_{args.policy}.json"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, res)
     steps = res["mean_steps_to_success"]
     print(f"{args.policy}: score {res['score']:.3f}  success {res['success']:.0%}  "
           f"({res['n_episodes']} episodes, gym-pusht {res['gym_pusht_version']}, "
           f"mean steps to success {steps if steps is None else f'{steps:.1f}'}, "
-          f"{res['wall_seconds']:.0f} s with {args.workers} workers)"
-          + (f" -> {args.out}" if args.out else ""))
+          f"{res['wall_seconds']:.0f} s with {args.workers} workers) -> {args.out}")
     return 0
 
 

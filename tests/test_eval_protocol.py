@@ -77,3 +77,12 @@ def test_eval_cli_writes_json(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("random: score")
     assert main(["--policy", "random", "--seeds", "x", "--quiet"]) == 2
+
+
+def test_eval_cli_writes_json_by_default(tmp_path, monkeypatch):
+    """Without --out the metrics still land on disk: runs/eval_POLICY.json."""
+    from dva.eval import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--policy", "random", "--seeds", "100000", "--max-steps", "5", "--quiet"]) == 0
+    assert json.loads((tmp_path / "runs" / "eval_random.json").read_text())["episodes"][0]["steps"] == 5
