@@ -73,8 +73,9 @@ class FlowUNet(nn.Module):
         self.out = conv3(ch[0], 12)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        if cfg.warp:
-            self.flow = conv3(ch[0], 2)  # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2
+        # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2 (None: no warp head)
+        self.flow = conv3(ch[0], 2) if cfg.warp else None
+        if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
 
@@ -117,7 +118,7 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base = warp(frame, FLOW_GAIN * self.flow(h)) if hasattr(self, "flow") else frame
+        base = frame if self.flow is None else warp(frame, FLOW_GAIN * self.flow(h))
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
         return (x_hat, base) if with_warp else x_hat
 
