@@ -6,6 +6,7 @@ PSNR is computed on uint8 frames (peak 255), per frame, then averaged. A "copy" 
 (predict frame t+1 = frame t) is reported beside it: most of a PushT frame is static, so the
 raw PSNR means little without it. Whether dreams keep the T rigid is measured directly: the IoU
 of the T's pixels (nearest palette colour) in each dreamed frame with those of the real frame.
+For a model with the warp head, `warp_stats` says whether its displacement follows the motion.
 """
 from __future__ import annotations
 
@@ -113,8 +114,14 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         g = torch.Generator(device=x.device).manual_seed(seed)
         ctx = model.context(x[:, :-1])  # teacher-forced: every position sees real frames
         act = actions[:, :-1].flatten(0, 1)
+        flows = []  # the warp head's displacement at each sampler step, if the model has one
+        hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(o)) if model.cfg.warp else None
         one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
+        if hook is not None:
+            hook.remove()
         target = x[:, 1:].flatten(0, 1)
+        if flows:
+            m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1]))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
         dreams = rollout(model, x, actions, n_ctx, steps, seed)
@@ -135,6 +142,25 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
             err.append((a.float() - actions[:, t].float()).norm(dim=-1))
         m["idm_err_px"] = float(torch.cat(err).mean())
     return m, dreams
+
+
+def warp_stats(frame, target, pred, flow) -> dict:
+    """Does the warp head explain the motion? frame, target, pred (n, 3, H, W); flow: the head's
+    raw output at the last sampler step (n, 2, H/2, W/2). Mean |displacement| in pixels on the T,
+    off it and on the pixels that change between frame and target, and the L1 error on those
+    changing pixels of copying the frame, of the warped frame alone and of the model."""
+    from .unet import FLOW_GAIN, warp
+
+    disp = FLOW_GAIN * flow.float()
+    mag = torch.nn.functional.interpolate(disp, size=frame.shape[-2:], mode="bilinear").norm(dim=1)  # (n, H, W)
+    on_t = t_mask(frame)
+    moving = (target - frame).abs().amax(dim=1) > 0.1  # as the training loss's motion weight
+    px = moving[:, None].expand_as(frame)
+    return {"flow_px_on_t": float(mag[on_t].mean()), "flow_px_off_t": float(mag[~on_t].mean()),
+            "flow_px_moving": float(mag[moving].mean()),
+            "l1_moving_copy": float((frame - target).abs()[px].mean()),
+            "l1_moving_warp_only": float((warp(frame, disp) - target).abs()[px].mean()),
+            "l1_moving_model": float((pred - target).abs()[px].mean())}
 
 
 def dream_strip(x: torch.Tensor, dreams: torch.Tensor, n_ctx: int, path, rows: int = 2) -> Path:
