@@ -42,6 +42,7 @@ class TrainConfig:
     motion_weight: float = 20.0
     ctx_noise: float = 0.0
     self_forcing: float = 0.0
+    self_forcing_depth: int = 1
     loss: str = "mse"
     warp: bool = False
     warp_loss: float = 0.0
@@ -86,6 +87,8 @@ HELP = {
                  "(in [-1, 1] pixel units) so autoregressive dreams stay stable; 0: off",
     "self_forcing": "probability that a context frame is replaced by the model's own 1-step prediction of it "
                     "(one extra no-grad pass per step), so it learns to recover from its own dreams; 0: off",
+    "self_forcing_depth": "no-grad passes of --self-forcing (K): runs of up to K swapped frames are the model's "
+                          "exact autoregressive rollout, so it sees compounded errors, not only 1-step ones",
     "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
             "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
@@ -177,7 +180,8 @@ def parse_args(argv=None) -> TrainConfig:
 def model_config(cfg: TrainConfig) -> DVAConfig:
     """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
-                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing, loss=cfg.loss,
+                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
+                  self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
                   warp=cfg.warp, warp_loss=cfg.warp_loss)
 
 

@@ -301,6 +301,36 @@ def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
         preset("tiny", self_forcing=1.5)
 
 
+def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
+    """With self_forcing=1 and depth K, frames 1..K of the context are the model's own
+    autoregressive dream from frame 0 (each predicted from the dreamed frames before it, with
+    the same noise), and frames after K are K-deep approximations of it; depth 1 is one pass."""
+    torch.manual_seed(0)
+    T, K = 5, 3
+    m = DVA(preset("tiny", backend="ref", warp=True, self_forcing=1.0, self_forcing_depth=K))
+    with torch.no_grad():  # a non-zero warp head, so the rollout resamples the dreamed frames
+        m.decoder.flow.weight.normal_(0, 0.05)
+    x = torch.rand(2, T, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, T, 2) * 512
+    seen = m._self_force(x, act, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn((2 * (T - 1), 3, 96, 96), generator=torch.Generator().manual_seed(5)).view(2, T - 1, 3, 96, 96)
+    dream = [x[:, 0]]
+    for i in range(1, T):  # the rollout, one frame at a time
+        ctx = m.context(torch.stack(dream, 1))
+        nxt = m.sample(ctx, act[:, :i].flatten(0, 1), steps=1, noise=noise[:, :i].flatten(0, 1))
+        dream.append(nxt.view(2, i, 3, 96, 96)[:, -1])
+    dream = torch.stack(dream, 1)
+    torch.testing.assert_close(seen[:, : K + 1], dream[:, : K + 1], rtol=0, atol=1e-4)  # batch shapes differ
+    assert (seen[:, K + 1:] - dream[:, K + 1:]).abs().amax() > 1e-2  # beyond K: not yet converged
+    one = DVA(preset("tiny", backend="ref", warp=True, self_forcing=1.0))
+    one.load_state_dict(m.state_dict())
+    first = one._self_force(x, act, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first[:, :2], dream[:, :2], rtol=0, atol=1e-4)  # frame 1: exact at any depth
+    assert (first[:, 2] - dream[:, 2]).abs().amax() > 1e-2  # frame 2 is from the real frame 1
+    with pytest.raises(ValueError, match="self_forcing_depth"):
+        preset("tiny", self_forcing_depth=0)
+
+
 @pytest.mark.parametrize("kind,warp_loss", [("mse", 0.0), ("l1", 0.0), ("l1", 0.5)])
 def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss):
     """The training loss is the motion-weighted mean of (x_hat - target)^2 or |x_hat - target|,

@@ -47,6 +47,11 @@ class DVAConfig:
     # first is replaced by the model's own prediction of it with this probability, so the model
     # learns to turn its own blurred dreams back into a sharp next frame
     self_forcing: float = 0.0
+    # passes of that no-grad prediction; the swapped frames of pass k are predicted from the
+    # context of pass k-1 (same swap mask, same noise), so a run of up to this many consecutive
+    # swapped frames is exactly the model's own autoregressive rollout of them (Jacobi iteration
+    # of the causal rollout): with 1 the model only ever sees 1-step errors, not compounded ones
+    self_forcing_depth: int = 1
     loss: str = "mse"  # 'mse' (conditional mean: blurs what is uncertain) or 'l1' (median: stays sharp)
     sampler_steps: int = 4
     # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
@@ -75,6 +80,8 @@ class DVAConfig:
             raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
         if not 0 <= self.self_forcing <= 1:
             raise ValueError(f"self_forcing must be in [0, 1], got {self.self_forcing}")
+        if not 1 <= self.self_forcing_depth <= 16:
+            raise ValueError(f"self_forcing_depth must be in [1, 16], got {self.self_forcing_depth}")
         if self.warp_loss < 0 or (self.warp_loss and not self.warp):
             raise ValueError(f"warp_loss must be >= 0 and needs warp=True, got {self.warp_loss} (warp={self.warp})")
         if self.loss not in ("mse", "l1"):

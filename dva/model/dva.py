@@ -117,17 +117,24 @@ class DVA(nn.Module):
     @torch.no_grad()
     def _self_force(self, clean, actions, generator=None):
         """Context frames (B, T, 3, H, W) with each frame after the first replaced, with
-        probability cfg.self_forcing, by the model's own 1-step prediction of it from the real
-        frames before it (one teacher-forced pass: context amortization gives every prediction
-        at once). The targets of the loss stay the real frames."""
+        probability cfg.self_forcing, by the model's own 1-step prediction of it (a no-grad
+        teacher-forced pass: context amortization gives every prediction at once). With
+        cfg.self_forcing_depth = K the pass runs K times, each on the previous pass's frames with
+        the same swap mask and noise, so a run of <= K swapped frames is the exact autoregressive
+        rollout of them. The targets of the loss stay the real frames."""
         B, T = clean.shape[:2]
         if T < 2:
             return clean
-        ctx = self.context(clean[:, :-1])
         act = actions[:, : T - 1].flatten(0, 1)
-        pred = self.sample(ctx, act, steps=1, generator=generator).view(B, T - 1, *clean.shape[2:])
-        swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
-        return torch.cat([clean[:, :1], torch.where(swap, pred.to(clean.dtype), clean[:, 1:])], dim=1)
+        noise = torch.randn((B * (T - 1), *clean.shape[2:]), device=clean.device, generator=generator)
+        seen, swap = clean, None
+        for _ in range(self.cfg.self_forcing_depth):
+            pred = self.sample(self.context(seen[:, :-1]), act, steps=1, noise=noise)
+            pred = pred.view(B, T - 1, *clean.shape[2:]).to(clean.dtype)
+            if swap is None:
+                swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
+            seen = torch.cat([clean[:, :1], torch.where(swap, pred, clean[:, 1:])], dim=1)
+        return seen
 
     # ---- inference --------------------------------------------------------------------------
     def init_cache(self, batch_size: int, device, dtype=torch.float32) -> RingCache:
