@@ -2,7 +2,8 @@
 
 Every benchmark's `extra_info` gets the device's telemetry (GPU: name, memory used, power,
 SM clock, utilisation via nvidia-ml-py; CPU: model and thread count). At the end of a run the
-medians land in bench/results/<device>.json (merged by test id, written atomically), which
+medians land in bench/results/<device>.json (merged by test id, rows of renamed or removed cases
+dropped, written atomically), which
 `python bench/table.py` turns into the README's performance table.
 """
 from __future__ import annotations
@@ -106,6 +107,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Every benchmark id collected, before -k/-m deselect some: rows of the results file whose
+    test file was collected but whose id was not, or whose file is gone, are stale."""
+    config._dva_collected = {item.nodeid for item in items}
+
+
 def pytest_sessionfinish(session, exitstatus):
     bs = getattr(session.config, "_benchmarksession", None)
     if bs is None or bs.disabled or not bs.benchmarks or os.environ.get("DVA_BENCH_NO_SAVE"):
@@ -117,6 +125,13 @@ def pytest_sessionfinish(session, exitstatus):
             doc = json.loads(path.read_text())
         except json.JSONDecodeError:
             pass  # a broken results file is rewritten from this run
+    collected = getattr(session.config, "_dva_collected", set())
+    files = {c.split("::")[0] for c in collected}
+    root = session.config.rootpath
+    for k in list(doc["benchmarks"]):
+        f = k.split("::")[0]
+        if (f in files and k not in collected) or not (root / f).is_file():
+            del doc["benchmarks"][k]
     for b in bs.benchmarks:
         if not b.stats:  # skipped / failed
             continue
