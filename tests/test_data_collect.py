@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dva.collect import CollectConfig, collect, main, plan_shards
-from dva.data.store import DatasetError, Manifest, load_dataset
+from dva.data.store import Manifest, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,6 @@
 """Protocol metric math on hand-made coverage traces, evaluate() with workers, the CLI."""
 import json
 
-import numpy as np
 import pytest
 
 from dva.pusht.protocol import SEEDS, episode_trace_metrics, evaluate, parse_seeds, summarize

@@ -7,7 +7,7 @@ the decoder works at 48x48 (space-to-depth), where every sampler step is the dom
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
