@@ -80,7 +80,8 @@ def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
         rec, _ = run_lockstep(env, policy, seed=100002, max_steps=6, video=video)
     assert video.path.exists() and video.frames_written == 6
     assert not list(tmp_path.glob(".*partial*")), "the temporary file must be gone"
-    frames = [f for f in imageio.get_reader(video.path)]  # (list() asks the reader for an unknown length)
+    with imageio.get_reader(video.path) as reader:  # closed: no leaked ffmpeg pipes
+        frames = [f for f in reader]  # (list() asks the reader for an unknown length)
     assert len(frames) == 6 and frames[0].shape == (HEIGHT, WIDTH, 3)
     # the left panel is the real observation, upscaled 4x (lossy codec: compare loosely)
     obs = env.reset(100002)[0]["pixels"]
