@@ -173,7 +173,8 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     (["--preset", "xl"], "invalid choice: 'xl'"),
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
     (["--self-forcing", "2"], "self_forcing must be in [0, 1], got 2.0"),
-    (["--self-forcing-depth", "0"], "self_forcing_depth must be in [1, 16], got 0"),
+    (["--self-forcing-depth", "0"], "self_forcing_depth must be in [1, 16] and > 1 only with self_forcing > 0, got 0"),
+    (["--self-forcing-depth", "3"], "got 3 (self_forcing=0.0)"),
     (["--ctx-noise", "-1"], "ctx_noise must be in [0, 1], got -1.0"),
     (["--loss", "huber"], "invalid choice: 'huber'"),
 ])

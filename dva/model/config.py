@@ -80,8 +80,9 @@ class DVAConfig:
             raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
         if not 0 <= self.self_forcing <= 1:
             raise ValueError(f"self_forcing must be in [0, 1], got {self.self_forcing}")
-        if not 1 <= self.self_forcing_depth <= 16:
-            raise ValueError(f"self_forcing_depth must be in [1, 16], got {self.self_forcing_depth}")
+        if not 1 <= self.self_forcing_depth <= 16 or (self.self_forcing_depth > 1 and not self.self_forcing):
+            raise ValueError(f"self_forcing_depth must be in [1, 16] and > 1 only with self_forcing > 0, got "
+                             f"{self.self_forcing_depth} (self_forcing={self.self_forcing})")
         if self.warp_loss < 0 or (self.warp_loss and not self.warp):
             raise ValueError(f"warp_loss must be >= 0 and needs warp=True, got {self.warp_loss} (warp={self.warp})")
         if self.loss not in ("mse", "l1"):
