@@ -126,12 +126,11 @@ class DVA(nn.Module):
             return clean
         act = actions[:, : T - 1].flatten(0, 1)
         noise = torch.randn((B * (T - 1), *clean.shape[2:]), device=clean.device, generator=generator)
-        seen, swap = clean, None
+        swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
+        seen = clean
         for _ in range(self.cfg.self_forcing_depth):
             pred = self.sample(self.context(seen[:, :-1]), act, steps=1, noise=noise)
             pred = pred.view(B, T - 1, *clean.shape[2:]).to(clean.dtype)
-            if swap is None:
-                swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
             seen = torch.cat([clean[:, :1], torch.where(swap, pred, clean[:, 1:])], dim=1)
         return seen
 
