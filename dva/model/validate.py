@@ -116,9 +116,11 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         act = actions[:, :-1].flatten(0, 1)
         flows = []  # the warp head's displacement at each sampler step, if the model has one
         hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(o)) if model.cfg.warp else None
-        one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
-        if hook is not None:
-            hook.remove()
+        try:
+            one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
+        finally:  # never leave the hook on the model (it is reused by the caller)
+            if hook is not None:
+                hook.remove()
         target = x[:, 1:].flatten(0, 1)
         if flows:
             m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1]))
