@@ -45,6 +45,7 @@ class TrainConfig:
     self_forcing_depth: int = 1
     loss: str = "mse"
     warp: bool = False
+    warp_layers: int = 0
     warp_loss: float = 0.0
     stop_after: int = 0
     device: str = "auto"
@@ -91,6 +92,8 @@ HELP = {
                           "exact autoregressive rollout, so it sees compounded errors, not only 1-step ones",
     "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
             "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
+    "warp_layers": "with --warp: K > 0 makes the head K soft layers each moved rigidly (rotation + shift) instead "
+                   "of a dense displacement field, so a pushed T cannot bend; --init from a dense head replaces it",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
                  "displacement field, not the residual, explain the motion; 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
@@ -182,7 +185,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
-                  warp=cfg.warp, warp_loss=cfg.warp_loss)
+                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_loss=cfg.warp_loss)
 
 
 def parse_sources(items) -> dict[str, str]:

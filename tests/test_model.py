@@ -392,7 +392,6 @@ def test_warp_moves_pixels_and_a_zero_head_is_the_residual_model():
 def test_warp_stats_credit_a_displacement_that_follows_the_motion():
     """A frame whose content moved 2 px: the true displacement makes the warped frame alone match
     it (L1 on the moving pixels ~0, far below copying) and its magnitude is read back in px."""
-    from dva.model.unet import FLOW_GAIN
     from dva.model.validate import warp_stats
     from dva.pusht.render import render_frames
 
@@ -400,10 +399,66 @@ def test_warp_stats_credit_a_displacement_that_follows_the_motion():
     frame = from_frames(render_frames(state))  # (1, 3, 96, 96)
     target = torch.cat([frame[..., 2:], frame[..., -1:].expand(-1, -1, -1, 2)], -1)  # frame(x + 2), edge held
     flow = torch.zeros(1, 2, 48, 48)
-    flow[:, 0] = 2.0 / FLOW_GAIN
+    flow[:, 0] = 2.0  # px
     s = warp_stats(frame, target, target, flow)
     assert abs(s["flow_px_on_t"] - 2.0) < 1e-4 and abs(s["flow_px_moving"] - 2.0) < 1e-4
     assert s["l1_moving_copy"] > 0.1 and s["l1_moving_warp_only"] < 1e-4
     assert s["l1_moving_model"] == 0.0
     still = warp_stats(frame, target, target, torch.zeros(1, 2, 48, 48))
     assert abs(still["l1_moving_warp_only"] - still["l1_moving_copy"]) < 1e-4 and still["flow_px_on_t"] == 0.0
+
+
+def test_rigid_layers_move_each_layer_rigidly():
+    """warp_layers=K: the displacement is a softmax blend of K rotations + shifts. The zero
+    motion head is the identity (so --init starts as the residual-only model); a layer that owns
+    every pixel moves the frame as one rigid body (distances between source points preserved, the
+    angle and shift read back); and both the masks and the motions get gradients."""
+    from dva.model.unet import FLOW_GAIN, ROT_GAIN, RigidLayers
+
+    torch.manual_seed(0)
+    r = RigidLayers(8, 16, 3)
+    h, mid = torch.randn(2, 8, 48, 48), torch.randn(2, 16, 12, 12)
+    assert r(h, mid, 96).shape == (2, 2, 96, 96) and r(h, mid, 96).abs().max() == 0
+    with torch.no_grad():
+        r.mask.weight.zero_()
+        r.mask.bias.copy_(torch.tensor([0.0, 40.0, 0.0]))  # layer 1 owns every pixel
+        r.motion.bias.view(3, 3)[1] = torch.tensor([0.7, 0.5, -0.25])  # 0.07 rad, (2, -1) px
+    with torch.no_grad():
+        d = r(h, mid, 96)[0]  # (2, 96, 96)
+    c = torch.arange(96.0) + 0.5 - 48
+    src = torch.stack([c.view(1, 96) + d[0], c.view(96, 1) + d[1]], -1).view(-1, 2)  # p + d(p)
+    dst = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).view(-1, 2)
+    pick = torch.randperm(dst.shape[0])[:500]
+    dist = lambda q: (q[:, None] - q[None]).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(dist(src[pick]), dist(dst[pick]), rtol=0, atol=1e-3)
+    ang = torch.atan2(src[1, 1] - src[0, 1], src[1, 0] - src[0, 0])  # the x axis, rotated
+    assert abs(float(ang) - 0.7 * ROT_GAIN) < 1e-4
+    i = dst.norm(dim=1).argmin()  # the pixel nearest the centre (0.7 px from it) moves by the shift
+    torch.testing.assert_close(src[i] - dst[i], torch.tensor([0.5, -0.25]) * FLOW_GAIN, rtol=0, atol=0.06)
+
+    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, warp_loss=0.5)).train()
+    assert m.decoder.flow is None
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    m(x, torch.rand(2, 4, 2) * 512, generator=torch.Generator().manual_seed(2)).backward()
+    assert m.decoder.rigid.motion.weight.grad.abs().sum() > 0 and m.decoder.rigid.mask.weight.grad is not None
+    with pytest.raises(ValueError, match="warp_layers"):
+        preset("tiny", warp_layers=3)  # needs the warp head
+
+
+@pytest.mark.parametrize("layers", [0, 3])
+def test_validate_reads_either_warp_head_in_pixels(layers):
+    """validate's warp stats hook the dense head (raw output x FLOW_GAIN) or the rigid layers
+    (already in px): a head that shifts everything by (2, 0) px reads back as 2 px."""
+    from dva.model.unet import FLOW_GAIN
+    from dva.model.validate import validate
+
+    torch.manual_seed(0)
+    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=layers)).eval()
+    with torch.no_grad():
+        if layers:
+            m.decoder.rigid.motion.bias.view(layers, 3)[:, 1] = 2.0 / FLOW_GAIN
+        else:
+            m.decoder.flow.bias[0] = 2.0 / FLOW_GAIN
+    x = torch.rand(1, 5, 3, 96, 96) * 2 - 1
+    met, _ = validate(m, None, x, torch.rand(1, 5, 2) * 512, n_ctx=2, steps=1)
+    assert abs(met["flow_px_moving"] - 2.0) < 1e-4 and met["l1_moving_warp_only"] != met["l1_moving_copy"]

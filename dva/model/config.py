@@ -31,6 +31,9 @@ class DVAConfig:
     # it (x_hat = warp(frame t, flow) + residual), so a moved T is the old T resampled, not
     # repainted; a zero-initialised head makes the model start as the residual-only one
     warp: bool = False
+    # 0: the warp head is a dense displacement field; K > 0: K soft layers, each moved rigidly
+    # (rotation + shift), so a pushed T is resampled as one rigid body (unet.RigidLayers)
+    warp_layers: int = 0
     # weight of a second loss on the warped frame alone (no residual): it makes the displacement
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
     # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/model.md)
@@ -85,6 +88,9 @@ class DVAConfig:
                              f"{self.self_forcing_depth} (self_forcing={self.self_forcing})")
         if self.warp_loss < 0 or (self.warp_loss and not self.warp):
             raise ValueError(f"warp_loss must be >= 0 and needs warp=True, got {self.warp_loss} (warp={self.warp})")
+        if not 0 <= self.warp_layers <= 16 or (self.warp_layers and not self.warp):
+            raise ValueError(f"warp_layers must be in [0, 16] and > 0 only with warp=True, got {self.warp_layers} "
+                             f"(warp={self.warp})")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):

@@ -73,11 +73,13 @@ class FlowUNet(nn.Module):
         self.out = conv3(ch[0], 12)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2 (None: no warp head)
-        self.flow = conv3(ch[0], 2) if cfg.warp else None
+        # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2 (None: no warp head),
+        # or, with warp_layers = K, K soft layers each moved rigidly (RigidLayers)
+        self.flow = conv3(ch[0], 2) if cfg.warp and not cfg.warp_layers else None
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
+        self.rigid = RigidLayers(ch[0], ch[-1], cfg.warp_layers) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
@@ -110,7 +112,7 @@ class FlowUNet(nn.Module):
         B, N, D = ctx.shape
         grid = ctx.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
         h = h + F.interpolate(self.ctx_map(grid), size=h.shape[-2:], mode="nearest")
-        h = self.mid(h, c)
+        h = mid = self.mid(h, c)
         for j, blocks in enumerate(self.up):
             h = torch.cat([h, hs.pop()], dim=1)
             for blk in blocks:
@@ -118,7 +120,12 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base = frame if self.flow is None else warp(frame, FLOW_GAIN * self.flow(h))
+        if self.flow is not None:
+            base = warp(frame, FLOW_GAIN * self.flow(h))
+        elif self.rigid is not None:
+            base = warp(frame, self.rigid(h, mid, frame.shape[-1]))
+        else:
+            base = frame
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
         return (x_hat, base) if with_warp else x_hat
 
@@ -126,6 +133,42 @@ class FlowUNet(nn.Module):
 # The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's
 # scale, so the gain sets how fast the displacement can grow from its zero init.
 FLOW_GAIN = 4.0
+
+
+# RigidLayers' rotation unit in radians (the expert turns the T by up to ~0.15 rad a frame)
+ROT_GAIN = 0.1
+
+
+class RigidLayers(nn.Module):
+    """A piecewise-rigid displacement field: K soft layers (a softmax over K mask logits per
+    pixel) each moved by its own rotation + translation, predicted from the bottleneck.
+    Why: a dense field (one free vector per 2x2 pixels) can bend a pushed T, and repeated over
+    autoregressive steps it did (docs/model.md, stages 5-6); a rigid body is one layer, and a layer
+    cannot bend. The motion head is zero at init (every layer the identity, so the model starts as
+    the residual-only one); the mask logits start random, which makes the layers' gradients differ."""
+
+    def __init__(self, c_full: int, c_mid: int, k: int, c_pool: int = 32):
+        super().__init__()
+        self.k = k
+        self.mask = conv3(c_full, k)
+        self.pool = nn.Sequential(conv3(c_mid, c_pool, stride=2), nn.SiLU(), nn.AdaptiveAvgPool2d(6), nn.Flatten())
+        self.motion = nn.Linear(c_pool * 36, 3 * k)  # per layer: angle (ROT_GAIN rad), shift (FLOW_GAIN px)
+        nn.init.zeros_(self.motion.weight)
+        nn.init.zeros_(self.motion.bias)
+
+    def forward(self, h, mid, size: int):
+        """h: decoder features (B, c_full, *, *); mid: bottleneck (B, c_mid, *, *). Returns the
+        displacement (B, 2, size, size) in pixels of the full frame: out(p) = frame(p + d(p)),
+        with d(p) = sum_k mask_k(p) (R(angle_k) p + shift_k - p), p relative to the frame centre."""
+        B = h.shape[0]
+        m = F.interpolate(self.mask(h).float(), size=(size, size), mode="bilinear", align_corners=False).softmax(1)
+        q = self.motion(self.pool(mid)).float().view(B, self.k, 3, 1, 1)
+        cos, sin = torch.cos(ROT_GAIN * q[:, :, 0]), torch.sin(ROT_GAIN * q[:, :, 0])  # (B, K, 1, 1)
+        r = torch.arange(size, device=h.device, dtype=torch.float32) + 0.5 - size / 2
+        px, py = r.view(1, 1, 1, size), r.view(1, 1, size, 1)
+        dx = cos * px - sin * py + FLOW_GAIN * q[:, :, 1] - px  # (B, K, size, size)
+        dy = sin * px + cos * py + FLOW_GAIN * q[:, :, 2] - py
+        return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
 
 
 def warp(frame, flow):

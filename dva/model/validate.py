@@ -19,6 +19,7 @@ import torch
 from .dva import DVA
 from .frames import from_frames, to_frames
 from .idm import IDM
+from .unet import FLOW_GAIN, warp
 
 
 def t_mask(x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +115,12 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         g = torch.Generator(device=x.device).manual_seed(seed)
         ctx = model.context(x[:, :-1])  # teacher-forced: every position sees real frames
         act = actions[:, :-1].flatten(0, 1)
-        flows = []  # the warp head's displacement at each sampler step, if the model has one
-        hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(o)) if model.cfg.warp else None
+        flows = []  # the warp head's displacement (px) at each sampler step, if the model has one
+        hook = None
+        if model.decoder.flow is not None:
+            hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
+        elif model.decoder.rigid is not None:
+            hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o))
         try:
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
         finally:  # never leave the hook on the model (it is reused by the caller)
@@ -148,12 +153,10 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
 
 def warp_stats(frame, target, pred, flow) -> dict:
     """Does the warp head explain the motion? frame, target, pred (n, 3, H, W); flow: the head's
-    raw output at the last sampler step (n, 2, H/2, W/2). Mean |displacement| in pixels on the T,
-    off it and on the pixels that change between frame and target, and the L1 error on those
-    changing pixels of copying the frame, of the warped frame alone and of the model."""
-    from .unet import FLOW_GAIN, warp
-
-    disp = FLOW_GAIN * flow.float()
+    displacement in pixels at the last sampler step (n, 2, h, w). Mean |displacement| in pixels on
+    the T, off it and on the pixels that change between frame and target, and the L1 error on
+    those changing pixels of copying the frame, of the warped frame alone and of the model."""
+    disp = flow.float()
     mag = torch.nn.functional.interpolate(disp, size=frame.shape[-2:], mode="bilinear").norm(dim=1)  # (n, H, W)
     on_t = t_mask(frame)
     moving = (target - frame).abs().amax(dim=1) > 0.1  # as the training loss's motion weight
