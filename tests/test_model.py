@@ -409,17 +409,30 @@ def test_warp_stats_credit_a_displacement_that_follows_the_motion():
 
 
 def test_rigid_layers_move_each_layer_rigidly():
-    """warp_layers=K: the displacement is a softmax blend of K rotations + shifts. The zero
-    motion head is the identity (so --init starts as the residual-only model); a layer that owns
-    every pixel moves the frame as one rigid body (distances between source points preserved, the
-    angle and shift read back); and both the masks and the motions get gradients."""
+    """warp_layers=K: every pixel moves with exactly one of K rotations + shifts (no blend of
+    them, which would be a dense field again). The zero motion head is the identity (so --init
+    starts as the residual-only model); a layer that owns every pixel moves the frame as one rigid
+    body (distances between source points preserved, the angle and shift read back); and both the
+    masks (straight-through) and the motions get gradients."""
     from dva.model.unet import FLOW_GAIN, ROT_GAIN, RigidLayers
 
     torch.manual_seed(0)
     r = RigidLayers(8, 16, 3)
     h, mid = torch.randn(2, 8, 48, 48), torch.randn(2, 16, 12, 12)
     assert r(h, mid, 96).shape == (2, 2, 96, 96) and r(h, mid, 96).abs().max() == 0
-    with torch.no_grad():
+    with torch.no_grad():  # random masks, three different motions: each pixel takes exactly one
+        r.motion.bias.copy_(torch.tensor([0.0, 0.5, 0.0, 1.0, 0.0, -0.5, -0.5, 0.25, 0.25]))
+        d = r(h, mid, 96)
+        per = []
+        for k in range(3):  # layer k alone, by making its logit win everywhere
+            wb = r.mask.weight.clone(), r.mask.bias.clone()
+            r.mask.weight.zero_(), r.mask.bias.zero_()
+            r.mask.bias[k] = 1.0
+            per.append(r(h, mid, 96))
+            r.mask.weight.copy_(wb[0]), r.mask.bias.copy_(wb[1])
+        gap = torch.stack([(d - q).abs().amax(1) for q in per])  # (3, 2, 96, 96)
+        assert gap.amin(0).max() == 0 and gap.argmin(0).unique().numel() == 3  # one layer each, all used
+        r.motion.bias.zero_()
         r.mask.weight.zero_()
         r.mask.bias.copy_(torch.tensor([0.0, 40.0, 0.0]))  # layer 1 owns every pixel
         r.motion.bias.view(3, 3)[1] = torch.tensor([0.7, 0.5, -0.25])  # 0.07 rad, (2, -1) px
@@ -438,9 +451,11 @@ def test_rigid_layers_move_each_layer_rigidly():
 
     m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, warp_loss=0.5)).train()
     assert m.decoder.flow is None
+    with torch.no_grad():  # layers that move differently (at init they are all the identity: no mask gradient)
+        m.decoder.rigid.motion.bias.normal_(0, 0.3)
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     m(x, torch.rand(2, 4, 2) * 512, generator=torch.Generator().manual_seed(2)).backward()
-    assert m.decoder.rigid.motion.weight.grad.abs().sum() > 0 and m.decoder.rigid.mask.weight.grad is not None
+    assert m.decoder.rigid.motion.weight.grad.abs().sum() > 0 and m.decoder.rigid.mask.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="warp_layers"):
         preset("tiny", warp_layers=3)  # needs the warp head
 

@@ -140,12 +140,15 @@ ROT_GAIN = 0.1
 
 
 class RigidLayers(nn.Module):
-    """A piecewise-rigid displacement field: K soft layers (a softmax over K mask logits per
-    pixel) each moved by its own rotation + translation, predicted from the bottleneck.
+    """A piecewise-rigid displacement field: K layers, each moved by its own rotation +
+    translation predicted from the bottleneck; every pixel belongs to exactly one layer (the
+    argmax of K mask logits; the gradient reaches the logits through the softmax, straight-through).
     Why: a dense field (one free vector per 2x2 pixels) can bend a pushed T, and repeated over
     autoregressive steps it did (docs/model.md, stages 5-6); a rigid body is one layer, and a layer
-    cannot bend. The motion head is zero at init (every layer the identity, so the model starts as
-    the residual-only one); the mask logits start random, which makes the layers' gradients differ."""
+    cannot bend. Why hard masks: with soft ones (a softmax blend) `s` learned K almost constant
+    shifts and mixed them per pixel, a dense field again (2-core CPU, 541 steps, docs/model.md).
+    The motion head is zero at init (every layer the identity, so the model starts as the
+    residual-only one); the mask logits start random, which makes the layers' gradients differ."""
 
     def __init__(self, c_full: int, c_mid: int, k: int, c_pool: int = 32):
         super().__init__()
@@ -159,9 +162,11 @@ class RigidLayers(nn.Module):
     def forward(self, h, mid, size: int):
         """h: decoder features (B, c_full, *, *); mid: bottleneck (B, c_mid, *, *). Returns the
         displacement (B, 2, size, size) in pixels of the full frame: out(p) = frame(p + d(p)),
-        with d(p) = sum_k mask_k(p) (R(angle_k) p + shift_k - p), p relative to the frame centre."""
+        with d(p) = R(angle_k) p + shift_k - p for p's layer k, p relative to the frame centre."""
         B = h.shape[0]
-        m = F.interpolate(self.mask(h).float(), size=(size, size), mode="bilinear", align_corners=False).softmax(1)
+        soft = F.interpolate(self.mask(h).float(), size=(size, size), mode="bilinear", align_corners=False).softmax(1)
+        hard = F.one_hot(soft.argmax(1), self.k).permute(0, 3, 1, 2).to(soft.dtype)
+        m = hard + (soft - soft.detach())  # forward: one layer per pixel; backward: the softmax's gradient
         q = self.motion(self.pool(mid)).float().view(B, self.k, 3, 1, 1)
         cos, sin = torch.cos(ROT_GAIN * q[:, :, 0]), torch.sin(ROT_GAIN * q[:, :, 0])  # (B, K, 1, 1)
         r = torch.arange(size, device=h.device, dtype=torch.float32) + 0.5 - size / 2
