@@ -104,24 +104,23 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{st}: bad model config ({e})") from None
     mine = mcfg.to_dict()
-    fresh, drop = (), ()
+    fresh = ()
     if opt is None:
         for k in _LOSS_ONLY:
             saved.pop(k, None), mine.pop(k, None)
         if mine["warp"] and not saved["warp"]:  # --init may add the (zero-initialised) warp head
             saved.pop("warp"), mine.pop("warp")
             fresh = ("decoder.flow.", "decoder.rigid.")
-        if mine["warp_layers"] and not saved["warp_layers"]:  # ... or replace a dense head by rigid layers
+        if mine["warp_layers"] and not saved["warp_layers"]:  # ... or make a dense head rigid by layers
             saved.pop("warp_layers"), mine.pop("warp_layers")
-            fresh, drop = ("decoder.rigid.",), ("decoder.flow.",)
+            fresh = fresh + ("decoder.rigid.",)
     diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")
     for attr, raw, avg in _PARTS:
         if getattr(model, attr) is not None:
-            for mod, sec in ((getattr(model, attr), raw), (getattr(ema, attr), avg)):
-                state = {k: v for k, v in ckpt.section(tensors, sec).items() if not (drop and k.startswith(drop))}
-                ckpt.load_into(mod, state, f"{st} [{sec}]", fresh)
+            ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]", fresh)
+            ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]", fresh)
     if opt is None:
         return meta
     sd = opt.state_dict()

@@ -74,12 +74,12 @@ class FlowUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         # displacement (dx, dy) in FLOW_GAIN pixels of the full frame, at H/2 (None: no warp head),
-        # or, with warp_layers = K, K soft layers each moved rigidly (RigidLayers)
-        self.flow = conv3(ch[0], 2) if cfg.warp and not cfg.warp_layers else None
+        # made piecewise rigid by RigidLayers with warp_layers = K > 0
+        self.flow = conv3(ch[0], 2) if cfg.warp else None
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
-        self.rigid = RigidLayers(ch[0], ch[-1], cfg.warp_layers) if cfg.warp_layers else None
+        self.rigid = RigidLayers(ch[0], cfg.warp_layers) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
@@ -112,7 +112,7 @@ class FlowUNet(nn.Module):
         B, N, D = ctx.shape
         grid = ctx.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
         h = h + F.interpolate(self.ctx_map(grid), size=h.shape[-2:], mode="nearest")
-        h = mid = self.mid(h, c)
+        h = self.mid(h, c)
         for j, blocks in enumerate(self.up):
             h = torch.cat([h, hs.pop()], dim=1)
             for blk in blocks:
@@ -120,12 +120,12 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
+        base = frame
         if self.flow is not None:
-            base = warp(frame, FLOW_GAIN * self.flow(h))
-        elif self.rigid is not None:
-            base = warp(frame, self.rigid(h, mid, frame.shape[-1]))
-        else:
-            base = frame
+            disp = FLOW_GAIN * self.flow(h)
+            if self.rigid is not None:
+                disp = self.rigid(h, disp, frame.shape[-1])
+            base = warp(frame, disp)
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
         return (x_hat, base) if with_warp else x_hat
 
@@ -135,44 +135,56 @@ class FlowUNet(nn.Module):
 FLOW_GAIN = 4.0
 
 
-# RigidLayers' rotation unit in radians (the expert turns the T by up to ~0.15 rad a frame)
-ROT_GAIN = 0.1
-
-
 class RigidLayers(nn.Module):
-    """A piecewise-rigid displacement field: K layers, each moved by its own rotation +
-    translation predicted from the bottleneck; every pixel belongs to exactly one layer (the
-    argmax of K mask logits; the gradient reaches the logits through the softmax, straight-through).
-    Why: a dense field (one free vector per 2x2 pixels) can bend a pushed T, and repeated over
-    autoregressive steps it did (docs/model.md, stages 5-6); a rigid body is one layer, and a layer
-    cannot bend. Why hard masks: with soft ones (a softmax blend) `s` learned K almost constant
-    shifts and mixed them per pixel, a dense field again (2-core CPU, 541 steps, docs/model.md).
-    The motion head is zero at init (every layer the identity, so the model starts as the
-    residual-only one); the mask logits start random, which makes the layers' gradients differ."""
+    """Makes the warp head's dense displacement piecewise rigid: every pixel belongs to one of K
+    layers (the argmax of K mask logits; the gradient reaches the logits through the softmax,
+    straight-through), and each layer moves by the rotation + shift that best fits the dense
+    field on its pixels (weighted 2-D Procrustes, closed form, differentiable).
+    Why: a dense field (a free vector per 2x2 pixels) can bend a pushed T, and repeated over
+    autoregressive steps it did (docs/model.md, stages 5-6); a layer cannot bend. Why fitted, not
+    predicted, motions: with K motions read from the bottleneck, `s` learned K near-constant
+    shifts and picked among them per pixel, a dense field again (soft masks: a blend; hard ones:
+    a dither; 2-core CPU runs of 541 and 250 steps, docs/model.md). A fitted motion is the mean
+    motion of its pixels, so only a layer that holds one rigid body fits it well."""
 
-    def __init__(self, c_full: int, c_mid: int, k: int, c_pool: int = 32):
+    def __init__(self, c_full: int, k: int):
         super().__init__()
-        self.k = k
         self.mask = conv3(c_full, k)
-        self.pool = nn.Sequential(conv3(c_mid, c_pool, stride=2), nn.SiLU(), nn.AdaptiveAvgPool2d(6), nn.Flatten())
-        self.motion = nn.Linear(c_pool * 36, 3 * k)  # per layer: angle (ROT_GAIN rad), shift (FLOW_GAIN px)
-        nn.init.zeros_(self.motion.weight)
-        nn.init.zeros_(self.motion.bias)
 
-    def forward(self, h, mid, size: int):
-        """h: decoder features (B, c_full, *, *); mid: bottleneck (B, c_mid, *, *). Returns the
-        displacement (B, 2, size, size) in pixels of the full frame: out(p) = frame(p + d(p)),
-        with d(p) = R(angle_k) p + shift_k - p for p's layer k, p relative to the frame centre."""
-        B = h.shape[0]
-        soft = F.interpolate(self.mask(h).float(), size=(size, size), mode="bilinear", align_corners=False).softmax(1)
-        hard = F.one_hot(soft.argmax(1), self.k).permute(0, 3, 1, 2).to(soft.dtype)
-        m = hard + (soft - soft.detach())  # forward: one layer per pixel; backward: the softmax's gradient
-        q = self.motion(self.pool(mid)).float().view(B, self.k, 3, 1, 1)
-        cos, sin = torch.cos(ROT_GAIN * q[:, :, 0]), torch.sin(ROT_GAIN * q[:, :, 0])  # (B, K, 1, 1)
+    @staticmethod
+    def _one_hot(logits):
+        soft = logits.softmax(1)
+        hard = F.one_hot(soft.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+        return hard + (soft - soft.detach())  # forward: one layer per pixel; backward: the softmax's
+
+    def forward(self, h, flow, size: int):
+        """h: decoder features (B, c_full, n, n); flow: the dense displacement (B, 2, n, n) in px
+        of the full frame (size x size). Returns the displacement (B, 2, size, size) in px: each
+        pixel p samples the frame at R_k p + t_k, with k its layer, p relative to the frame centre."""
+        logits = self.mask(h).float()
+        n = flow.shape[-1]
+        w = self._one_hot(logits)  # (B, K, n, n): the fit's weights
+        c = (torch.arange(n, device=h.device, dtype=torch.float32) + 0.5) * (size / n) - size / 2
+        px, py = c.view(1, 1, 1, n), c.view(1, 1, n, 1)
+        qx, qy = px + flow[:, 0:1].float(), py + flow[:, 1:2].float()  # where each cell samples from
+        sw = w.sum((2, 3)) + 1e-6
+
+        def mean(v):
+            return (w * v).sum((2, 3)) / sw  # (B, K)
+
+        def at(v):
+            return v[..., None, None]
+
+        mpx, mpy, mqx, mqy = mean(px), mean(py), mean(qx), mean(qy)
+        ax, ay, bx, by = px - at(mpx), py - at(mpy), qx - at(mqx), qy - at(mqy)
+        ang = torch.atan2((w * (ax * by - ay * bx)).sum((2, 3)), (w * (ax * bx + ay * by)).sum((2, 3)) + 1e-3)
+        cos, sin = torch.cos(ang), torch.sin(ang)  # (B, K)
+        tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
+        m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
         r = torch.arange(size, device=h.device, dtype=torch.float32) + 0.5 - size / 2
-        px, py = r.view(1, 1, 1, size), r.view(1, 1, size, 1)
-        dx = cos * px - sin * py + FLOW_GAIN * q[:, :, 1] - px  # (B, K, size, size)
-        dy = sin * px + cos * py + FLOW_GAIN * q[:, :, 2] - py
+        Px, Py = r.view(1, 1, 1, size), r.view(1, 1, size, 1)
+        dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K, size, size)
+        dy = at(sin) * Px + at(cos) * Py + at(ty) - Py
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
 
 

@@ -117,10 +117,10 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         act = actions[:, :-1].flatten(0, 1)
         flows = []  # the warp head's displacement (px) at each sampler step, if the model has one
         hook = None
-        if model.decoder.flow is not None:
-            hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
-        elif model.decoder.rigid is not None:
+        if model.decoder.rigid is not None:  # the dense field made rigid
             hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o))
+        elif model.decoder.flow is not None:
+            hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
         try:
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
         finally:  # never leave the hook on the model (it is reused by the caller)
