@@ -9,8 +9,8 @@ One call = one control step: encode a real frame, one transformer step on the ri
 `steps` sampler steps and the IDM, at batch B. frames/s = B / median. The ratio column of the
 README table is eager median / impl median within the same run.
 
-CPU (quick): tiny and s at batch 1, 4 sampler steps (s also at 1 step, with and without the
-warp head of the packaged model: `s+warp`), on one torch thread as dva.control runs;
+CPU (quick): tiny and s at batch 1, 4 sampler steps (s also at 1 step, with and without a warp
+head: `s+warp` the dense one, `s+rigid` 4 rigid layers), on one torch thread as dva.control runs;
 compile only for tiny (its compile alone takes minutes for s on 2 cores); one eager row of s
 on 2 threads (`-t2`) shows why one thread is the default. CUDA: s and m at batch 1/64/256,
 1/2/4/8 steps.
@@ -31,17 +31,18 @@ CUDA = torch.cuda.is_available()
 if CUDA:
     CASES = [(p, b, s) for p in ("s", "m") for b in (1, 64, 256) for s in (1, 2, 4, 8)]
 else:
-    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s+warp", 1, 1), ("s", 1, 4)]
+    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s+warp", 1, 1), ("s+rigid", 1, 1), ("s", 1, 4)]
 THREADS = [(c, 1) for c in CASES] + ([] if CUDA else [(("s", 1, 4), 2)])
 IMPLS = ("eager", "compile", "dvakern")
+HEADS = {"warp": dict(warp=True), "rigid": dict(warp=True, warp_layers=4)}  # "s+warp": preset s + that head
 # batch-1 CPU prediction runs on one torch thread, as dva.control does (see conftest.one_cpu_thread)
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _build(name, batch, dev):
     torch.manual_seed(0)
-    base, *heads = name.split("+")  # "s+warp": preset s with the warp head, as the packaged dva_s
-    cfg = preset(base, **{h: True for h in heads})
+    base, *heads = name.split("+")
+    cfg = preset(base, **{k: v for h in heads for k, v in HEADS[h].items()})
     model, idm = DVA(cfg).to(dev).eval(), IDM(cfg).to(dev).eval()
     cache = model.init_cache(batch, dev)
     frame = torch.rand(batch, 3, 96, 96, device=dev) * 2 - 1
