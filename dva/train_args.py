@@ -92,8 +92,8 @@ HELP = {
                           "exact autoregressive rollout, so it sees compounded errors, not only 1-step ones",
     "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
             "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
-    "warp_layers": "with --warp: K > 0 makes the head K soft layers each moved rigidly (rotation + shift) instead "
-                   "of a dense displacement field, so a pushed T cannot bend; --init from a dense head replaces it",
+    "warp_layers": "with --warp: K > 0 makes the displacement field piecewise rigid: each pixel in one of K "
+                   "layers, each layer moved by the rotation + shift fitted to its pixels; --init may add it",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
                  "displacement field, not the residual, explain the motion; 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",

@@ -31,8 +31,9 @@ class DVAConfig:
     # it (x_hat = warp(frame t, flow) + residual), so a moved T is the old T resampled, not
     # repainted; a zero-initialised head makes the model start as the residual-only one
     warp: bool = False
-    # 0: the warp head is a dense displacement field; K > 0: K soft layers, each moved rigidly
-    # (rotation + shift), so a pushed T is resampled as one rigid body (unet.RigidLayers)
+    # 0: the warp head is a dense displacement field; K > 0: that field made piecewise rigid, each
+    # pixel in one of K layers moved by the rotation + shift fitted to it (unet.RigidLayers; tried
+    # as stage 7 and not shipped: docs/model.md)
     warp_layers: int = 0
     # weight of a second loss on the warped frame alone (no residual): it makes the displacement
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
