@@ -204,7 +204,8 @@ def train(cfg: TrainConfig) -> dict:
     data_mix = {"sources": {n: str(s) for n, s in parse_sources(cfg.data).items()}, "mix": cfg.mix,
                 "phases": [list(p) for p in make_schedule(cfg).phases],
                 "sequences": {n: len(src) for n, src in loader.sources.items()}}
-    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, cfg.seed) if main else None
+    # held-out sequences and their noise do not depend on --seed, so runs with different seeds compare
+    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, 0) if main else None
 
     stop = {"flag": False}
 
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig) -> dict:
         batch = val_loader.sample(0)  # the same held-out sequences every time: comparable numbers
         x = from_frames(batch["frames"])
         ema.eval()
-        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, cfg.seed)
+        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, 0)
         last_val = {"step": s, **m}
         append_jsonl(out / "val.jsonl", last_val)
         if dreams is not None:

@@ -99,7 +99,7 @@ HELP = {
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
-    "seed": "seed for init, batches and noise",
+    "seed": "seed for init, training batches and noise (validation always uses the same held-out sequences)",
     "backend": "dvakern backend: 'ref', 'triton' or 'auto'",
     "threads": "torch CPU threads (0: torch's default)",
     "sampler_steps": "sampler steps used in validation",

@@ -211,3 +211,15 @@ def test_sigint_saves_and_exits_cleanly(dataset, tmp_path):
     assert "(signal)" in out
     meta = ckpt.read(tmp_path / "ckpt")[1]
     assert 2 <= meta["step"] < 100000
+
+
+def test_validation_sequences_do_not_depend_on_the_seed(dataset, tmp_path):
+    """Runs with different --seed validate on the same held-out sequences (and noise), so their
+    curves compare: the copy-frame-t baselines, which depend only on the data, are equal."""
+    common = ("--steps", "1", "--batch-size", "2", "--seq-len", "4", "--val-every", "1", "--val-batch", "2",
+              "--val-dream", "2", "--ckpt-every", "0")
+    got = []
+    for seed in ("0", "3"):
+        assert main(args(dataset, tmp_path / seed, *common, "--seed", seed)) == 0
+        got.append(ckpt.read(tmp_path / seed / "ckpt")[1]["metrics"])
+    assert got[0]["psnr_1step_copy"] == got[1]["psnr_1step_copy"] and got[0]["psnr_ar_copy"] == got[1]["psnr_ar_copy"]
