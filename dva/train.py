@@ -91,6 +91,9 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
     return t
 
 
+# held-out sequences and their noise do not depend on --seed, so runs with different seeds compare
+VAL_SEED = 0
+
 # config fields that only change the loss or inference, not the weights: --init may change them
 _LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "action_dropout", "sampler_steps", "backend")
 
@@ -110,7 +113,7 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
             saved.pop(k, None), mine.pop(k, None)
         if mine["warp"] and not saved["warp"]:  # --init may add the (zero-initialised) warp head
             saved.pop("warp"), mine.pop("warp")
-            fresh = ("decoder.flow.", "decoder.rigid.")
+            fresh = ("decoder.flow.",)
         if mine["warp_layers"] and not saved["warp_layers"]:  # ... or make a dense head rigid by layers
             saved.pop("warp_layers"), mine.pop("warp_layers")
             fresh = fresh + ("decoder.rigid.",)
@@ -204,8 +207,7 @@ def train(cfg: TrainConfig) -> dict:
     data_mix = {"sources": {n: str(s) for n, s in parse_sources(cfg.data).items()}, "mix": cfg.mix,
                 "phases": [list(p) for p in make_schedule(cfg).phases],
                 "sequences": {n: len(src) for n, src in loader.sources.items()}}
-    # held-out sequences and their noise do not depend on --seed, so runs with different seeds compare
-    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, 0) if main else None
+    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, VAL_SEED) if main else None
 
     stop = {"flag": False}
 
@@ -228,7 +230,7 @@ def train(cfg: TrainConfig) -> dict:
         batch = val_loader.sample(0)  # the same held-out sequences every time: comparable numbers
         x = from_frames(batch["frames"])
         ema.eval()
-        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, 0)
+        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, VAL_SEED)
         last_val = {"step": s, **m}
         append_jsonl(out / "val.jsonl", last_val)
         if dreams is not None:

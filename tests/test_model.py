@@ -3,7 +3,6 @@ after the ring wraps), exact rollback of scratch frames, conversions."""
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest

@@ -156,10 +156,19 @@ class RigidLayers(nn.Module):
         self.mask = conv3(c_full, k)
 
     @staticmethod
-    def _one_hot(logits):
+    def _hard(logits):
+        return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+
+    @classmethod
+    def _one_hot(cls, logits):
         soft = logits.softmax(1)
-        hard = F.one_hot(soft.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
-        return hard + (soft - soft.detach())  # forward: one layer per pixel; backward: the softmax's
+        return cls._hard(logits) + (soft - soft.detach())  # forward: one layer per pixel; backward: the softmax's
+
+    @staticmethod
+    def _centred(n: int, size: int, device):
+        """Centres of n cells across a size-px frame, in px relative to the frame centre: (x (1, 1, 1, n), y (1, 1, n, 1))."""
+        c = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * (size / n) - size / 2
+        return c.view(1, 1, 1, n), c.view(1, 1, n, 1)
 
     def forward(self, h, flow, size: int):
         """h: decoder features (B, c_full, n, n); flow: the dense displacement (B, 2, n, n) in px
@@ -167,9 +176,8 @@ class RigidLayers(nn.Module):
         pixel p samples the frame at R_k p + t_k, with k its layer, p relative to the frame centre."""
         logits = self.mask(h).float()
         n = flow.shape[-1]
-        w = self._one_hot(logits).detach()  # (B, K, n, n): the fit's weights (hard, no gradient: see above)
-        c = (torch.arange(n, device=h.device, dtype=torch.float32) + 0.5) * (size / n) - size / 2
-        px, py = c.view(1, 1, 1, n), c.view(1, 1, n, 1)
+        w = self._hard(logits)  # (B, K, n, n): the fit's weights (hard, no gradient: see above)
+        px, py = self._centred(n, size, h.device)
         qx, qy = px + flow[:, 0:1].float(), py + flow[:, 1:2].float()  # where each cell samples from
         sw = w.sum((2, 3)).clamp(min=1.0)  # pixels per layer; an empty layer's fit must not divide by ~0
 
@@ -185,8 +193,7 @@ class RigidLayers(nn.Module):
         cos, sin = torch.cos(ang), torch.sin(ang)  # (B, K)
         tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
-        r = torch.arange(size, device=h.device, dtype=torch.float32) + 0.5 - size / 2
-        Px, Py = r.view(1, 1, 1, size), r.view(1, 1, size, 1)
+        Px, Py = self._centred(size, size, h.device)
         dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K, size, size)
         dy = at(sin) * Px + at(cos) * Py + at(ty) - Py
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
@@ -196,7 +203,9 @@ def warp(frame, flow):
     """Backward warp: out(p) = frame(p + flow(p)), bilinear. frame (B, C, H, W); flow (B, 2, h, w)
     displacements (dx, dy) in pixels of the full frame, upsampled bilinearly to H x W."""
     B, _, H, W = frame.shape
-    flow = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)
+    flow = flow.float()
+    if flow.shape[-2:] != (H, W):  # (RigidLayers' field is already full size)
+        flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False)
     ys = (torch.arange(H, device=frame.device, dtype=torch.float32) + 0.5) * (2 / H) - 1
     xs = (torch.arange(W, device=frame.device, dtype=torch.float32) + 0.5) * (2 / W) - 1
     gx = xs.view(1, 1, W) + flow[:, 0] * (2 / W)
