@@ -147,7 +147,7 @@ class RigidLayers(nn.Module):
     a dither; 2-core CPU runs of 541 and 250 steps, docs/model.md). A fitted motion is the mean
     motion of its pixels, so only a layer that holds one rigid body fits it well. The fit's
     weights are the hard masks without gradient: with it (how moving a pixel to another layer
-    shifts the layers' fits) the gradient norm of `s` was 5-8 instead of ~0.5-1, and under
+    shifts the layers' fits) the gradient norm of `s` was 6-300 instead of 0.5-0.9, and under
     clipping the loss doubled in 30 steps and the IDM's error rose 2.5 -> 3.6 px (runs/s13_eps);
     the masks learn only which layer's motion suits each pixel (straight-through)."""
 
