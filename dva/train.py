@@ -53,10 +53,10 @@ class Trainee(nn.Module):
         self.dva = DVA(mcfg) if which in ("dva", "both") else None
         self.idm = IDM(mcfg) if which in ("idm", "both") else None
 
-    def forward(self, x, actions, generator=None):
+    def forward(self, x, actions, generator=None, states=None):
         out = {}
         if self.dva is not None:
-            out["loss_dva"] = self.dva(x, actions, generator=generator)
+            out["loss_dva"] = self.dva(x, actions, generator=generator, states=states)
         if self.idm is not None:
             out["loss_idm"], out["idm_err_px"] = self.idm.loss(x, actions)
         return out
@@ -95,7 +95,7 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 VAL_SEED = 0
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "action_dropout", "sampler_steps", "backend")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "sampler_steps", "backend")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
@@ -120,9 +120,11 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")
+    exported = opt is None and "exported_from" in meta  # an inference-only copy: its (EMA) weights start both
     for attr, raw, avg in _PARTS:
         if getattr(model, attr) is not None:
             ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]", fresh)
+            avg = raw if exported else avg
             ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]", fresh)
     if opt is None:
         return meta
@@ -230,7 +232,8 @@ def train(cfg: TrainConfig) -> dict:
         batch = val_loader.sample(0)  # the same held-out sequences every time: comparable numbers
         x = from_frames(batch["frames"])
         ema.eval()
-        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, VAL_SEED)
+        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, VAL_SEED,
+                             batch["states"])
         last_val = {"step": s, **m}
         append_jsonl(out / "val.jsonl", last_val)
         if dreams is not None:
@@ -251,7 +254,7 @@ def train(cfg: TrainConfig) -> dict:
                 g["lr"] = lr_at(cfg, step)
             model.train()
             with torch.autocast(**amp):
-                losses = net(x, actions, generator=gen)
+                losses = net(x, actions, generator=gen, states=batch["states"])
             total = sum(v for k, v in losses.items() if k.startswith("loss"))
             opt.zero_grad(set_to_none=True)
             total.backward()

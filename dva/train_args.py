@@ -47,6 +47,7 @@ class TrainConfig:
     warp: bool = False
     warp_layers: int = 0
     warp_loss: float = 0.0
+    flow_loss: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -96,6 +97,8 @@ HELP = {
                    "layers, each layer moved by the rotation + shift fitted to its pixels; --init may add it",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
                  "displacement field, not the residual, explain the motion; 0: off",
+    "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
+                 "of the T and the disc, computed from the sources' states (training only); 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -185,7 +188,8 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
-                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_loss=cfg.warp_loss)
+                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_loss=cfg.warp_loss,
+                  flow_loss=cfg.flow_loss)
 
 
 def parse_sources(items) -> dict[str, str]:

@@ -332,22 +332,28 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
         preset("tiny", self_forcing_depth=0)
 
 
-@pytest.mark.parametrize("kind,warp_loss", [("mse", 0.0), ("l1", 0.0), ("l1", 0.5)])
-def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss):
+@pytest.mark.parametrize("kind,warp_loss,flow_loss", [("mse", 0.0, 0.0), ("l1", 0.0, 0.0), ("l1", 0.5, 0.0),
+                                                     ("l1", 0.5, 0.2)])
+def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss):
     """The training loss is the motion-weighted mean of (x_hat - target)^2 or |x_hat - target|,
-    plus warp_loss times the same error of the warped frame alone, recomputed here from the
-    decoder's actual outputs."""
+    plus warp_loss times the same error of the warped frame alone, plus flow_loss times the
+    weighted L1 (px) of the dense displacement against the true motion of the states, each
+    recomputed here from the decoder's actual outputs."""
+    from dva.pusht.flow import motion_field
+
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss))
+    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss,
+                   flow_loss=flow_loss))
     if warp_loss:  # a non-zero displacement, so that the warped frame differs from frame t
         torch.nn.init.normal_(m.decoder.flow.weight, std=0.05)
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
+    states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(2, 4, 5) * torch.tensor([20, 20, 5, 5, 0.1])
     got = {}
     h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("out", out))
-    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1))
+    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), states=states)
     h.remove()
-    x_hat, warped = got["out"]
+    x_hat, warped, disp = got["out"]
     target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
     w = 1 + 5.0 * ((target - prev).abs().amax(1, keepdim=True) > 0.1).float()
 
@@ -355,9 +361,18 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss):
         e = pred - target
         return ((e**2 if kind == "mse" else e.abs()) * w).sum() / (w.sum() * 3)
 
+    want = err(x_hat) + warp_loss * err(warped)
     if warp_loss:
         assert (warped - prev).abs().mean() > 1e-3
-    torch.testing.assert_close(loss, err(x_hat) + warp_loss * err(warped), rtol=1e-5, atol=0)
+    if flow_loss:
+        true = motion_field(states[:, :-1], states[:, 1:]).flatten(0, 1)  # (6, 2, 96, 96)
+        wf = 1 + 5.0 * (true.norm(dim=1, keepdim=True) > 0.05).float()
+        true, wf = torch.nn.functional.avg_pool2d(true, 2), torch.nn.functional.avg_pool2d(wf, 2)  # the head's 48 px
+        assert disp.shape == true.shape and true.abs().amax() > 0.5  # the bodies did move
+        want = want + flow_loss * ((disp - true).abs() * wf).sum() / (wf.sum() * 2)
+        with pytest.raises(ValueError, match="states"):
+            m(x, act)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="warp_loss"):
         preset("tiny", warp_loss=0.5)  # needs the warp head
     with pytest.raises(ValueError, match="loss"):

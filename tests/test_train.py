@@ -154,6 +154,16 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     assert mw["config"]["warp"] and "model.decoder.flow.weight" in tw and "ema.decoder.flow.weight" in tw
     assert main(args(dataset, tmp_path / "v", *common, "--stop-after", "1", "--resume", "auto",
                      "--init", "", "--warp")) == 0  # a fresh warp run
+    # an exported (inference-only, fp16 EMA) copy starts both the weights and their EMA; --flow-loss trains
+    # the warp head on the sources' states
+    ckpt.export(tmp_path / "w" / "ckpt", tmp_path / "exp")
+    assert main(args(dataset, tmp_path / "f", *common, "--stop-after", "1", "--init", str(tmp_path / "exp"),
+                     "--warp", "--flow-loss", "0.5")) == 0
+    tf, mf = ckpt.read(tmp_path / "f" / "ckpt")
+    assert mf["config"]["flow_loss"] == 0.5
+    for part in ("model", "ema"):
+        k = f"{part}.decoder.stem.weight"
+        assert (tf[k] - tw["ema.decoder.stem.weight"]).abs().max() <= 1.5 * lr + 1e-3  # fp16 rounding
     # --warp-layers adds rigid layers to the dense head; the way back is refused
     assert main(args(dataset, tmp_path / "r", *common, "--stop-after", "1", "--init", str(tmp_path / "w" / "ckpt"),
                      "--warp", "--warp-layers", "3")) == 0

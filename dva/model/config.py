@@ -39,6 +39,11 @@ class DVAConfig:
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
     # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/model.md)
     warp_loss: float = 0.0
+    # weight of an L1 loss (in pixels) between the warp head's dense displacement and the true
+    # motion of the T and the disc, computed from the training sequence's states
+    # (dva.pusht.flow): trained through the image loss alone the head moved the pushed T by under
+    # half its true motion and the residual repainted it (docs/model.md, stages 5 and 8)
+    flow_loss: float = 0.0
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
     motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
     action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
@@ -89,6 +94,8 @@ class DVAConfig:
                              f"{self.self_forcing_depth} (self_forcing={self.self_forcing})")
         if self.warp_loss < 0 or (self.warp_loss and not self.warp):
             raise ValueError(f"warp_loss must be >= 0 and needs warp=True, got {self.warp_loss} (warp={self.warp})")
+        if self.flow_loss < 0 or (self.flow_loss and not self.warp):
+            raise ValueError(f"flow_loss must be >= 0 and needs warp=True, got {self.flow_loss} (warp={self.warp})")
         if not 0 <= self.warp_layers <= 16 or (self.warp_layers and not self.warp):
             raise ValueError(f"warp_layers must be in [0, 16] and > 0 only with warp=True, got {self.warp_layers} "
                              f"(warp={self.warp})")

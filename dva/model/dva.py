@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import dvakern
 
@@ -68,11 +69,12 @@ class DVA(nn.Module):
         out = self.transformer(tok.reshape(B, T * N, -1), N)  # (B, T*N, D)
         return Context(out.view(B * T, N, -1), feats, x.flatten(0, 1))
 
-    def forward(self, x, actions, generator=None):
+    def forward(self, x, actions, generator=None, states=None):
         """Flow-matching loss. x: (B, L, 3, H, W) in [-1, 1]; actions: (B, L, 2) pixel units
         (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
         with an independent noise level. The loss is on the predicted clean frame (x-prediction:
         the velocity loss weighted by (1 - tau)^2, which keeps it bounded near tau = 1).
+        states (B, L, 5): the gym-pusht states of the frames, needed only by cfg.flow_loss.
         Returns the scalar loss."""
         B, L = x.shape[:2]
         if L < 2:
@@ -98,7 +100,7 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        x_hat, warped = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
+        x_hat, warped, disp = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
@@ -106,12 +108,30 @@ class DVA(nn.Module):
         loss = self._pixel_loss(x_hat, target, w)
         if self.cfg.warp_loss:  # the warped frame alone must explain the motion too
             loss = loss + self.cfg.warp_loss * self._pixel_loss(warped, target, w)
+        if self.cfg.flow_loss:
+            loss = loss + self.cfg.flow_loss * self._flow_loss(disp, states)
         return loss
 
     def _pixel_loss(self, pred, target, w):
         err = pred.float() - target.float()
         err = err.abs() if self.cfg.loss == "l1" else err**2
         return (err * w).sum() / (w.sum() * 3)
+
+    def _flow_loss(self, disp, states):
+        """L1 (px) of the dense displacement against the true motion (dva.pusht.flow), at the
+        head's resolution; pixels of a moving body weigh 1 + motion_weight, as in the image loss
+        (a translating T's interior changes no colour, yet its motion is what keeps it rigid)."""
+        if disp is None:
+            raise ValueError("flow_loss needs the warp head (warp=True)")
+        if states is None:
+            raise ValueError("flow_loss needs the states of the training frames (a source recorded by dva.collect)")
+        from dva.pusht.flow import motion_field
+
+        true = motion_field(states[:, :-1], states[:, 1:], self.cfg.img).flatten(0, 1)  # (n, 2, H, W) px
+        w = 1.0 + self.cfg.motion_weight * (true.norm(dim=1, keepdim=True) > 0.05).float()
+        k = self.cfg.img // disp.shape[-1]
+        true, w = F.avg_pool2d(true, k), F.avg_pool2d(w, k)
+        return ((disp.float() - true).abs() * w).sum() / (w.sum() * 2)
 
     @torch.no_grad()
     def _self_force(self, clean, actions, generator=None):

@@ -96,7 +96,8 @@ class FlowUNet(nn.Module):
     def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False):
         """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
         frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
-        by the predicted displacement (before the residual; frame t itself without a warp head)."""
+        by the predicted displacement (before the residual; frame t itself without a warp head)
+        and the dense displacement (B, 2, H/2, W/2) in pixels (None without a warp head)."""
         c = self.cond(tau, ctx, action, action_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
@@ -120,14 +121,14 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base = frame
+        base, dense = frame, None
         if self.flow is not None:
-            disp = FLOW_GAIN * self.flow(h)
+            disp = dense = FLOW_GAIN * self.flow(h)
             if self.rigid is not None:
                 disp = self.rigid(h, disp, frame.shape[-1])
             base = warp(frame, disp)
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
-        return (x_hat, base) if with_warp else x_hat
+        return (x_hat, base, dense) if with_warp else x_hat
 
 
 # The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's

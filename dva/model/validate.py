@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dva.pusht.flow import motion_field
+
 from .dva import DVA
 from .frames import from_frames, to_frames
 from .idm import IDM
@@ -105,8 +107,9 @@ def rollout(model: DVA, x: torch.Tensor, actions: torch.Tensor, n_ctx: int, step
 
 @torch.no_grad()
 def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch.Tensor, n_ctx: int = 3,
-             steps: int = 4, seed: int = 0) -> tuple[dict, torch.Tensor | None]:
-    """x: (B, T, 3, H, W) held-out sequences in [-1, 1], actions (B, T, 2) px.
+             steps: int = 4, seed: int = 0, states: torch.Tensor | None = None) -> tuple[dict, torch.Tensor | None]:
+    """x: (B, T, 3, H, W) held-out sequences in [-1, 1], actions (B, T, 2) px; states (B, T, 5),
+    if given, let warp_stats compare the warp head's displacement with the true motion.
     Returns (metrics, dreamed frames (B, T - n_ctx, 3, H, W) or None)."""
     B, T = x.shape[:2]
     m: dict = {}
@@ -128,7 +131,8 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
                 hook.remove()
         target = x[:, 1:].flatten(0, 1)
         if flows:
-            m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1]))
+            true = None if states is None else motion_field(states[:, :-1], states[:, 1:], x.shape[-1]).flatten(0, 1)
+            m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1], true))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
         dreams = rollout(model, x, actions, n_ctx, steps, seed)
@@ -151,21 +155,29 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
     return m, dreams
 
 
-def warp_stats(frame, target, pred, flow) -> dict:
+def warp_stats(frame, target, pred, flow, true=None) -> dict:
     """Does the warp head explain the motion? frame, target, pred (n, 3, H, W); flow: the head's
     displacement in pixels at the last sampler step (n, 2, h, w). Mean |displacement| in pixels on
     the T, off it and on the pixels that change between frame and target, and the L1 error on
-    those changing pixels of copying the frame, of the warped frame alone and of the model."""
+    those changing pixels of copying the frame, of the warped frame alone and of the model. With
+    the true motion (n, 2, H, W) px (dva.pusht.flow): on the pixels of moving bodies, its mean
+    length and the mean length of the head's error (end-point error)."""
     disp = flow.float()
-    mag = torch.nn.functional.interpolate(disp, size=frame.shape[-2:], mode="bilinear").norm(dim=1)  # (n, H, W)
+    full = torch.nn.functional.interpolate(disp, size=frame.shape[-2:], mode="bilinear")  # (n, 2, H, W)
+    mag = full.norm(dim=1)  # (n, H, W)
     on_t = t_mask(frame)
     moving = (target - frame).abs().amax(dim=1) > 0.1  # as the training loss's motion weight
     px = moving[:, None].expand_as(frame)
-    return {"flow_px_on_t": float(mag[on_t].mean()), "flow_px_off_t": float(mag[~on_t].mean()),
-            "flow_px_moving": float(mag[moving].mean()),
-            "l1_moving_copy": float((frame - target).abs()[px].mean()),
-            "l1_moving_warp_only": float((warp(frame, disp) - target).abs()[px].mean()),
-            "l1_moving_model": float((pred - target).abs()[px].mean())}
+    out = {"flow_px_on_t": float(mag[on_t].mean()), "flow_px_off_t": float(mag[~on_t].mean()),
+           "flow_px_moving": float(mag[moving].mean()),
+           "l1_moving_copy": float((frame - target).abs()[px].mean()),
+           "l1_moving_warp_only": float((warp(frame, disp) - target).abs()[px].mean()),
+           "l1_moving_model": float((pred - target).abs()[px].mean())}
+    if true is not None:
+        body = true.norm(dim=1) > 0.05  # pixels of a body that moved
+        out["flow_px_true_bodies"] = float(true.norm(dim=1)[body].mean())
+        out["flow_epe_px_bodies"] = float((full - true).norm(dim=1)[body].mean())
+    return out
 
 
 def dream_strip(x: torch.Tensor, dreams: torch.Tensor, n_ctx: int, path, rows: int = 2) -> Path:
@@ -242,7 +254,7 @@ def main(argv=None) -> int:
     for i in tqdm(range((a.sequences + a.batch - 1) // a.batch), desc="validate"):
         b = loader.sample(i)
         x = from_frames(b["frames"])
-        m, dreams = validate(model, idm, x, b["actions"].float(), a.ctx, a.steps, a.seed + i)
+        m, dreams = validate(model, idm, x, b["actions"].float(), a.ctx, a.steps, a.seed + i, b["states"])
         if dreams is not None:  # per dream step: the best rigid-T fit of the dream's T pixels
             st = b["states"][:, a.ctx:].flatten(0, 1)
             m["t_rigid_iou_per_step"] = t_rigid_iou(dreams.flatten(0, 1), st).view(dreams.shape[:2]).mean(0).tolist()
