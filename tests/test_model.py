@@ -478,5 +478,14 @@ def test_validate_reads_either_warp_head_in_pixels(layers):
     with torch.no_grad():
         m.decoder.flow.bias[0] = 2.0 / FLOW_GAIN  # a shift, which the rigid layers keep as it is
     x = torch.rand(1, 5, 3, 96, 96) * 2 - 1
-    met, _ = validate(m, None, x, torch.rand(1, 5, 2) * 512, n_ctx=2, steps=1)
+    # the T slides 2 px left per frame (the disc stays): its true backward motion is the head's (+2, 0)
+    t = torch.arange(5, dtype=torch.float32)
+    states = torch.stack([torch.full_like(t, 100.0), torch.full_like(t, 100.0), 300.0 - 2 * 512 / 96 * t,
+                          torch.full_like(t, 300.0), torch.full_like(t, 0.4)], -1)[None]  # (1, 5, 5)
+    met, _ = validate(m, None, x, torch.rand(1, 5, 2) * 512, n_ctx=2, steps=1, states=states)
     assert abs(met["flow_px_moving"] - 2.0) < 1e-4 and met["l1_moving_warp_only"] != met["l1_moving_copy"]
+    assert abs(met["flow_px_true_bodies"] - 2.0) < 1e-4 and met["flow_epe_px_bodies"] < 1e-4
+    assert abs(met["flow_gain_bodies"] - 1.0) < 1e-4  # teacher-forced, and at every dream step:
+    assert len(met["flow_gain_ar_per_step"]) == 3 and all(abs(g - 1.0) < 1e-3 for g in met["flow_gain_ar_per_step"])
+    m2, _ = validate(m, None, x, torch.rand(1, 5, 2) * 512, n_ctx=2, steps=1, states=states.flip(1))
+    assert abs(m2["flow_gain_bodies"] + 1.0) < 1e-4  # the T moving the other way: the head carries -1 of it

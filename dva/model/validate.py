@@ -11,6 +11,7 @@ For a model with the warp head, `warp_stats` says whether its displacement follo
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,24 +119,22 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         g = torch.Generator(device=x.device).manual_seed(seed)
         ctx = model.context(x[:, :-1])  # teacher-forced: every position sees real frames
         act = actions[:, :-1].flatten(0, 1)
-        flows = []  # the warp head's displacement (px) at each sampler step, if the model has one
-        hook = None
-        if model.decoder.rigid is not None:  # the dense field made rigid
-            hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o))
-        elif model.decoder.flow is not None:
-            hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
-        try:
+        with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
-        finally:  # never leave the hook on the model (it is reused by the caller)
-            if hook is not None:
-                hook.remove()
         target = x[:, 1:].flatten(0, 1)
         if flows:
             true = None if states is None else motion_field(states[:, :-1], states[:, 1:], x.shape[-1]).flatten(0, 1)
             m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1], true))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
-        dreams = rollout(model, x, actions, n_ctx, steps, seed)
+        with _flow_probe(model) as ar_flows:
+            dreams = rollout(model, x, actions, n_ctx, steps, seed)
+        if ar_flows and states is not None:  # does the head still carry the true motion deep in a dream?
+            agree = [motion_agreement(ar_flows[(k + 1) * steps - 1],
+                                      motion_field(states[:, n_ctx + k - 1], states[:, n_ctx + k], x.shape[-1]))
+                     for k in range(T - n_ctx)]
+            m["flow_epe_ar_per_step"] = [round(e, 3) for e, _ in agree]
+            m["flow_gain_ar_per_step"] = [round(gn, 3) for _, gn in agree]
         per = psnr(dreams, x[:, n_ctx:]).mean(0)  # (T - n_ctx,)
         m["psnr_ar"] = float(per.mean())
         m["psnr_ar_last"] = float(per[-1])
@@ -153,6 +152,36 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
             err.append((a.float() - actions[:, t].float()).norm(dim=-1))
         m["idm_err_px"] = float(torch.cat(err).mean())
     return m, dreams
+
+
+@contextmanager
+def _flow_probe(model: DVA):
+    """Collects the warp head's displacement in px (dense, or made rigid) at every decoder call
+    while active; stays empty for a model without a warp head. The hook never outlives the block."""
+    flows: list = []
+    hook = None
+    if model.decoder.rigid is not None:
+        hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o))
+    elif model.decoder.flow is not None:
+        hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
+    try:
+        yield flows
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def motion_agreement(flow, true) -> tuple[float, float]:
+    """flow: a displacement (n, 2, h, w) px; true: the true motion (n, 2, H, W) px. On the
+    pixels of moving bodies: the mean end-point error and the gain, the share of the true motion
+    the flow carries (sum of flow . true over sum of |true|^2: 1 = all of it, 0 = none)."""
+    full = torch.nn.functional.interpolate(flow.float(), size=true.shape[-2:], mode="bilinear")
+    body = true.norm(dim=1) > 0.05
+    if not body.any():
+        return float("nan"), float("nan")
+    epe = (full - true).norm(dim=1)[body].mean()
+    gain = (full * true).sum(1)[body].sum() / (true * true).sum(1)[body].sum()
+    return float(epe), float(gain)
 
 
 def warp_stats(frame, target, pred, flow, true=None) -> dict:
@@ -176,7 +205,7 @@ def warp_stats(frame, target, pred, flow, true=None) -> dict:
     if true is not None:
         body = true.norm(dim=1) > 0.05  # pixels of a body that moved
         out["flow_px_true_bodies"] = float(true.norm(dim=1)[body].mean())
-        out["flow_epe_px_bodies"] = float((full - true).norm(dim=1)[body].mean())
+        out["flow_epe_px_bodies"], out["flow_gain_bodies"] = motion_agreement(disp, true)
     return out
 
 
@@ -263,7 +292,8 @@ def main(argv=None) -> int:
             first = (x, dreams)
     keys = [k for k, v in rows[0].items() if isinstance(v, float)]
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    for k in ("psnr_ar_per_step", "t_iou_ar_per_step", "t_rigid_iou_per_step"):
+    for k in ("psnr_ar_per_step", "t_iou_ar_per_step", "t_rigid_iou_per_step", "flow_epe_ar_per_step",
+              "flow_gain_ar_per_step"):
         out[k] = [round(float(v), 3) for v in np.mean([r[k] for r in rows], 0)] if k in rows[0] else []
     out.update(sequences=len(rows) * a.batch, source=a.source, sampler_steps=a.steps, ctx=a.ctx, dream=a.dream,
                checkpoint=str(a.checkpoint or ckpt.DEFAULT), step=meta.get("step"))
