@@ -124,8 +124,8 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     for attr, raw, avg in _PARTS:
         if getattr(model, attr) is not None:
             ckpt.load_into(getattr(model, attr), ckpt.section(tensors, raw), f"{st} [{raw}]", fresh)
-            avg = raw if exported else avg
-            ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, avg), f"{st} [{avg}]", fresh)
+            src = raw if exported else avg
+            ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, src), f"{st} [{src}]", fresh)
     if opt is None:
         return meta
     sd = opt.state_dict()

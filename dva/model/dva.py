@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dvakern
+from dva.pusht.flow import motion_field, moving_bodies
 
 from . import frames as fr
 from .config import DVAConfig
@@ -121,14 +122,10 @@ class DVA(nn.Module):
         """L1 (px) of the dense displacement against the true motion (dva.pusht.flow), at the
         head's resolution; pixels of a moving body weigh 1 + motion_weight, as in the image loss
         (a translating T's interior changes no colour, yet its motion is what keeps it rigid)."""
-        if disp is None:
-            raise ValueError("flow_loss needs the warp head (warp=True)")
-        if states is None:
+        if states is None:  # (DVAConfig already refuses flow_loss without the warp head)
             raise ValueError("flow_loss needs the states of the training frames (a source recorded by dva.collect)")
-        from dva.pusht.flow import motion_field
-
         true = motion_field(states[:, :-1], states[:, 1:], self.cfg.img).flatten(0, 1)  # (n, 2, H, W) px
-        w = 1.0 + self.cfg.motion_weight * (true.norm(dim=1, keepdim=True) > 0.05).float()
+        w = 1.0 + self.cfg.motion_weight * moving_bodies(true)[:, None].float()
         k = self.cfg.img // disp.shape[-1]
         true, w = F.avg_pool2d(true, k), F.avg_pool2d(w, k)
         return ((disp.float() - true).abs() * w).sum() / (w.sum() * 2)

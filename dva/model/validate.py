@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dva.pusht.flow import motion_field
+from dva.pusht.flow import motion_field, moving_bodies
 
 from .dva import DVA
 from .frames import from_frames, to_frames
@@ -122,16 +122,17 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
         target = x[:, 1:].flatten(0, 1)
+        # the true motion of every frame pair (B, T-1, 2, H, W) px, for a warp head and known states
+        true = motion_field(states[:, :-1], states[:, 1:], x.shape[-1]) if flows and states is not None else None
         if flows:
-            true = None if states is None else motion_field(states[:, :-1], states[:, 1:], x.shape[-1]).flatten(0, 1)
-            m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1], true))
+            m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1],
+                                None if true is None else true.flatten(0, 1)))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
         with _flow_probe(model) as ar_flows:
             dreams = rollout(model, x, actions, n_ctx, steps, seed)
-        if ar_flows and states is not None:  # does the head still carry the true motion deep in a dream?
-            agree = [motion_agreement(ar_flows[(k + 1) * steps - 1],
-                                      motion_field(states[:, n_ctx + k - 1], states[:, n_ctx + k], x.shape[-1]))
+        if true is not None:  # does the head still carry the true motion deep in a dream?
+            agree = [motion_agreement(ar_flows[(k + 1) * steps - 1], true[:, n_ctx + k - 1])
                      for k in range(T - n_ctx)]
             m["flow_epe_ar_per_step"] = [round(e, 3) for e, _ in agree]
             m["flow_gain_ar_per_step"] = [round(gn, 3) for _, gn in agree]
@@ -176,7 +177,7 @@ def motion_agreement(flow, true) -> tuple[float, float]:
     pixels of moving bodies: the mean end-point error and the gain, the share of the true motion
     the flow carries (sum of flow . true over sum of |true|^2: 1 = all of it, 0 = none)."""
     full = torch.nn.functional.interpolate(flow.float(), size=true.shape[-2:], mode="bilinear")
-    body = true.norm(dim=1) > 0.05
+    body = moving_bodies(true)
     if not body.any():
         return float("nan"), float("nan")
     epe = (full - true).norm(dim=1)[body].mean()
@@ -203,8 +204,7 @@ def warp_stats(frame, target, pred, flow, true=None) -> dict:
            "l1_moving_warp_only": float((warp(frame, disp) - target).abs()[px].mean()),
            "l1_moving_model": float((pred - target).abs()[px].mean())}
     if true is not None:
-        body = true.norm(dim=1) > 0.05  # pixels of a body that moved
-        out["flow_px_true_bodies"] = float(true.norm(dim=1)[body].mean())
+        out["flow_px_true_bodies"] = float(true.norm(dim=1)[moving_bodies(true)].mean())
         out["flow_epe_px_bodies"], out["flow_gain_bodies"] = motion_agreement(disp, true)
     return out
 

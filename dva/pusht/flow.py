@@ -26,6 +26,12 @@ def _box(local) -> tuple[float, float, float, float]:
 _BOXES = (_box(T_BAR), _box(T_STEM))
 
 
+def moving_bodies(field: torch.Tensor) -> torch.Tensor:
+    """(..., 2, H, W) motion in px -> bool (..., H, W): the pixels of a body that moved (the flow
+    loss weighs them up, dva.model.validate measures the warp head on them)."""
+    return field.norm(dim=-3) > 0.05
+
+
 def motion_field(s0: torch.Tensor, s1: torch.Tensor, size: int = 96) -> torch.Tensor:
     """Backward displacement from frame 0 to frame 1: frame1(p) ~ frame0(p + d(p)), the
     convention of dva.model.unet.warp. s0, s1: (..., 5) gym-pusht states [agent x, agent y,
