@@ -48,6 +48,7 @@ class TrainConfig:
     warp_layers: int = 0
     warp_loss: float = 0.0
     flow_loss: float = 0.0
+    body_masks: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -99,6 +100,8 @@ HELP = {
                  "displacement field, not the residual, explain the motion; 0: off",
     "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
                  "of the T and the disc, computed from the sources' states (training only); 0: off",
+    "body_masks": "weight of a cross-entropy loss that makes --warp-layers 3 the bodies of a frame (static scene, "
+                  "T, disc; from the sources' states), the static layer pinned to zero motion; 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -189,7 +192,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
                   warp=cfg.warp, warp_layers=cfg.warp_layers, warp_loss=cfg.warp_loss,
-                  flow_loss=cfg.flow_loss)
+                  flow_loss=cfg.flow_loss, body_masks=cfg.body_masks)
 
 
 def parse_sources(items) -> dict[str, str]:

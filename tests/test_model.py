@@ -332,20 +332,24 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
         preset("tiny", self_forcing_depth=0)
 
 
-@pytest.mark.parametrize("kind,warp_loss,flow_loss", [("mse", 0.0, 0.0), ("l1", 0.0, 0.0), ("l1", 0.5, 0.0),
-                                                     ("l1", 0.5, 0.2)])
-def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss):
+@pytest.mark.parametrize("kind,warp_loss,flow_loss,body_masks", [("mse", 0.0, 0.0, 0.0), ("l1", 0.0, 0.0, 0.0),
+                                                                ("l1", 0.5, 0.0, 0.0), ("l1", 0.5, 0.2, 0.0),
+                                                                ("l1", 0.5, 0.2, 0.3)])
+def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss, body_masks):
     """The training loss is the motion-weighted mean of (x_hat - target)^2 or |x_hat - target|,
     plus warp_loss times the same error of the warped frame alone, plus flow_loss times the
-    weighted L1 (px) of the dense displacement against the true motion of the states, each
-    recomputed here from the decoder's actual outputs."""
-    from dva.pusht.flow import motion_field
+    weighted L1 (px) of the dense displacement against the true motion of the states, plus
+    body_masks times the weighted cross-entropy of the rigid layers' masks against the bodies of
+    the next frame, each recomputed here from the decoder's actual outputs."""
+    from dva.pusht.flow import body_labels, motion_field
 
     torch.manual_seed(0)
     m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss,
-                   flow_loss=flow_loss))
+                   flow_loss=flow_loss, warp_layers=3 if body_masks else 0, body_masks=body_masks))
     if warp_loss:  # a non-zero displacement, so that the warped frame differs from frame t
         torch.nn.init.normal_(m.decoder.flow.weight, std=0.05)
+    if body_masks:  # masks that are not all-static
+        torch.nn.init.normal_(m.decoder.rigid.mask.weight, std=0.5)
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
     states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(2, 4, 5) * torch.tensor([20, 20, 5, 5, 0.1])
@@ -353,7 +357,7 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss):
     h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("out", out))
     loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), states=states)
     h.remove()
-    x_hat, warped, disp = got["out"]
+    x_hat, warped, disp, logits = got["out"]
     target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
     w = 1 + 5.0 * ((target - prev).abs().amax(1, keepdim=True) > 0.1).float()
 
@@ -372,6 +376,11 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss):
         want = want + flow_loss * ((disp - true).abs() * wf).sum() / (wf.sum() * 2)
         with pytest.raises(ValueError, match="states"):
             m(x, act)
+    if body_masks:
+        lab = body_labels(states[:, 1:]).flatten(0, 1)[:, 1::2, 1::2]  # the next frames' bodies at the masks' 48 px
+        assert logits.shape == (6, 3, 48, 48) and (lab == 1).any() and (lab == 2).any()
+        wm = 1 + 5.0 * (lab > 0).float()
+        want = want + body_masks * (torch.nn.functional.cross_entropy(logits, lab, reduction="none") * wm).sum() / wm.sum()
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="warp_loss"):
         preset("tiny", warp_loss=0.5)  # needs the warp head
@@ -465,6 +474,19 @@ def test_rigid_layers_fit_one_rotation_and_shift_per_layer():
     with pytest.raises(ValueError, match="warp_layers"):
         preset("tiny", warp_layers=3)  # needs the warp head
 
+    # supervised body layers: layer 0 (the static scene) never moves, whatever the dense field
+    # says; its masks start all-static (zero logits), so the model starts as the copy of frame t
+    pinned = RigidLayers(8, 3, pin_static=True)
+    torch.testing.assert_close(pinned(torch.rand(1, 8, n, n), flow, size), torch.zeros(1, 2, size, size))
+    pinned.mask = torch.nn.Identity()
+    three = torch.zeros(1, 3, n, n)
+    three[:, 0, :, : n // 2], three[:, 1, :, n // 2:] = 5.0, 5.0
+    d = pinned(three, bent, size)
+    assert d[:, :, :, :44].abs().max() == 0  # pinned, though the field there says +2 px
+    torch.testing.assert_close(d[:, 0, :, 52:], torch.full((1, 96, 44), -2.0), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="body_masks"):
+        preset("tiny", warp=True, warp_layers=4, body_masks=0.1)  # the labels are 3 bodies
+
 
 @pytest.mark.parametrize("layers", [0, 3])
 def test_validate_reads_either_warp_head_in_pixels(layers):
@@ -489,3 +511,31 @@ def test_validate_reads_either_warp_head_in_pixels(layers):
     assert len(met["flow_gain_ar_per_step"]) == 3 and all(abs(g - 1.0) < 1e-3 for g in met["flow_gain_ar_per_step"])
     m2, _ = validate(m, None, x, torch.rand(1, 5, 2) * 512, n_ctx=2, steps=1, states=states.flip(1))
     assert abs(m2["flow_gain_bodies"] + 1.0) < 1e-4  # the T moving the other way: the head carries -1 of it
+
+
+def test_validate_scores_the_body_layers_against_the_next_frames_t():
+    """With supervised body layers (body_masks), validate reports the IoU of the T's layer with
+    the T of each next frame: 1 for masks that are the true bodies, 0 for masks with no T."""
+    from dva.model.validate import validate
+    from dva.pusht.flow import body_labels
+
+    torch.manual_seed(0)
+    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, body_masks=0.1)).eval()
+    states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(1, 5, 5) * torch.tensor([20, 20, 5, 5, 0.1])
+    true = torch.nn.functional.one_hot(body_labels(states[0, 1:])[:, 1::2, 1::2], 3).permute(0, 3, 1, 2).float()
+
+    class Fixed(torch.nn.Module):  # the teacher-forced pass predicts the 4 next frames at once
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, h):
+            return self.logits if h.shape[0] == self.logits.shape[0] else self.logits[-h.shape[0]:]
+
+    x = torch.rand(1, 5, 3, 96, 96) * 2 - 1
+    act = torch.rand(1, 5, 2) * 512
+    m.decoder.rigid.mask = Fixed(true * 5)
+    met, _ = validate(m, None, x, act, n_ctx=2, steps=1, states=states)
+    assert abs(met["mask_iou_t"] - 1.0) < 1e-6
+    m.decoder.rigid.mask = Fixed(torch.zeros_like(true))  # all static: the zero-initialised masks
+    assert validate(m, None, x, act, n_ctx=2, steps=1, states=states)[0]["mask_iou_t"] == 0.0

@@ -35,6 +35,11 @@ class DVAConfig:
     # pixel in one of K layers moved by the rotation + shift fitted to it (unet.RigidLayers; tried
     # as stage 7 and not shipped: docs/model.md)
     warp_layers: int = 0
+    # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
+    # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
+    # state); with it layer 0 is pinned to zero motion, so the static scene is never resampled.
+    # Unsupervised layers split the T in two and moved the background as a whole (stage 7)
+    body_masks: float = 0.0
     # weight of a second loss on the warped frame alone (no residual): it makes the displacement
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
     # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/model.md)
@@ -99,6 +104,9 @@ class DVAConfig:
         if not 0 <= self.warp_layers <= 16 or (self.warp_layers and not self.warp):
             raise ValueError(f"warp_layers must be in [0, 16] and > 0 only with warp=True, got {self.warp_layers} "
                              f"(warp={self.warp})")
+        if self.body_masks < 0 or (self.body_masks and self.warp_layers != 3):
+            raise ValueError(f"body_masks must be >= 0 and needs warp_layers=3 (static scene, T, disc), got "
+                             f"{self.body_masks} (warp_layers={self.warp_layers})")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):

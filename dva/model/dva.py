@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dvakern
-from dva.pusht.flow import motion_field, moving_bodies
+from dva.pusht.flow import body_labels, motion_field, moving_bodies
 
 from . import frames as fr
 from .config import DVAConfig
@@ -75,7 +75,7 @@ class DVA(nn.Module):
         (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
         with an independent noise level. The loss is on the predicted clean frame (x-prediction:
         the velocity loss weighted by (1 - tau)^2, which keeps it bounded near tau = 1).
-        states (B, L, 5): the gym-pusht states of the frames, needed only by cfg.flow_loss.
+        states (B, L, 5): the gym-pusht states of the frames, needed only by cfg.flow_loss and cfg.body_masks.
         Returns the scalar loss."""
         B, L = x.shape[:2]
         if L < 2:
@@ -101,7 +101,7 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        x_hat, warped, disp = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
+        x_hat, warped, disp, logits = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
@@ -111,6 +111,8 @@ class DVA(nn.Module):
             loss = loss + self.cfg.warp_loss * self._pixel_loss(warped, target, w)
         if self.cfg.flow_loss:
             loss = loss + self.cfg.flow_loss * self._flow_loss(disp, states)
+        if self.cfg.body_masks:
+            loss = loss + self.cfg.body_masks * self._mask_loss(logits, states)
         return loss
 
     def _pixel_loss(self, pred, target, w):
@@ -129,6 +131,20 @@ class DVA(nn.Module):
         k = self.cfg.img // disp.shape[-1]
         true, w = F.avg_pool2d(true, k), F.avg_pool2d(w, k)
         return ((disp.float() - true).abs() * w).sum() / (w.sum() * 2)
+
+    def _mask_loss(self, logits, states):
+        """Cross-entropy of the rigid layers' masks against which body each pixel of the next frame
+        shows (dva.pusht.flow.body_labels, at the masks' resolution: the label at each cell's
+        centre pixel). The T and the disc are ~6% of a frame; weighting them up as the flow loss
+        does keeps the masks from settling on "all static"."""
+        if states is None:
+            raise ValueError("body_masks needs the states of the training frames (a source recorded by dva.collect)")
+        lab = body_labels(states[:, 1:], self.cfg.img).flatten(0, 1)  # (n, H, W)
+        k = self.cfg.img // logits.shape[-1]
+        lab = lab[:, k // 2::k, k // 2::k]  # (n, h, w)
+        w = 1.0 + self.cfg.motion_weight * (lab > 0).float()
+        ce = F.cross_entropy(logits.float(), lab, reduction="none")
+        return (ce * w).sum() / w.sum()
 
     @torch.no_grad()
     def _self_force(self, clean, actions, generator=None):

@@ -79,7 +79,7 @@ class FlowUNet(nn.Module):
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
-        self.rigid = RigidLayers(ch[0], cfg.warp_layers) if cfg.warp_layers else None
+        self.rigid = RigidLayers(ch[0], cfg.warp_layers, pin_static=cfg.body_masks > 0) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
@@ -96,8 +96,9 @@ class FlowUNet(nn.Module):
     def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False):
         """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
         frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
-        by the predicted displacement (before the residual; frame t itself without a warp head)
-        and the dense displacement (B, 2, H/2, W/2) in pixels (None without a warp head)."""
+        by the predicted displacement (before the residual; frame t itself without a warp head),
+        the dense displacement (B, 2, H/2, W/2) in pixels (None without a warp head) and the rigid
+        layers' mask logits (B, K, H/2, W/2) (None without them)."""
         c = self.cond(tau, ctx, action, action_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
@@ -121,14 +122,16 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base, dense = frame, None
+        base, dense, logits = frame, None, None
         if self.flow is not None:
             disp = dense = FLOW_GAIN * self.flow(h)
             if self.rigid is not None:
                 disp = self.rigid(h, disp, frame.shape[-1])
+                if with_warp:  # (a second 1-channel-per-layer conv: cheaper than threading them out)
+                    logits = self.rigid.mask(h)
             base = warp(frame, disp)
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
-        return (x_hat, base, dense) if with_warp else x_hat
+        return (x_hat, base, dense, logits) if with_warp else x_hat
 
 
 # The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's
@@ -152,9 +155,13 @@ class RigidLayers(nn.Module):
     clipping the loss doubled in 30 steps and the IDM's error rose 2.5 -> 3.6 px (runs/s13_eps);
     the masks learn only which layer's motion suits each pixel (straight-through)."""
 
-    def __init__(self, c_full: int, k: int):
+    def __init__(self, c_full: int, k: int, pin_static: bool = False):
         super().__init__()
         self.mask = conv3(c_full, k)
+        self.pin_static = pin_static  # layer 0 does not move (DVAConfig.body_masks: it is the static scene)
+        if pin_static:  # equal logits: every pixel starts in layer 0 (argmax ties go to the first), static
+            nn.init.zeros_(self.mask.weight)
+            nn.init.zeros_(self.mask.bias)
 
     @staticmethod
     def _hard(logits):
@@ -193,6 +200,10 @@ class RigidLayers(nn.Module):
         ang = torch.atan2((w * (ax * by - ay * bx)).sum((2, 3)), (w * (ax * bx + ay * by)).sum((2, 3)) + 1.0)  # px^2
         cos, sin = torch.cos(ang), torch.sin(ang)  # (B, K)
         tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
+        if self.pin_static:  # layer 0: the identity (cos 1, sin 0, no shift)
+            moving = torch.arange(cos.shape[1], device=cos.device) > 0
+            cos, sin = torch.where(moving, cos, 1.0), torch.where(moving, sin, 0.0)
+            tx, ty = torch.where(moving, tx, 0.0), torch.where(moving, ty, 0.0)
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
         Px, Py = self._centred(size, size, h.device)
         dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K, size, size)

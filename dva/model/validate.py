@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dva.pusht.flow import motion_field, moving_bodies
+from dva.pusht.flow import T_BODY, body_labels, motion_field, moving_bodies
 
 from .dva import DVA
 from .frames import from_frames, to_frames
@@ -119,8 +119,16 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         g = torch.Generator(device=x.device).manual_seed(seed)
         ctx = model.context(x[:, :-1])  # teacher-forced: every position sees real frames
         act = actions[:, :-1].flatten(0, 1)
+        rigid, masks = model.decoder.rigid, []
+        hook = rigid.mask.register_forward_hook(lambda mod, i, o: masks.append(o)) \
+            if rigid is not None and rigid.pin_static and states is not None else None
         with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
+        if hook is not None:  # supervised body layers: does the T's layer cover the T of the next frame?
+            hook.remove()
+            lab = body_labels(states[:, 1:], x.shape[-1]).flatten(0, 1)
+            k = x.shape[-1] // masks[-1].shape[-1]
+            m["mask_iou_t"] = float(mask_iou(masks[-1].argmax(1) == T_BODY, lab[:, k // 2::k, k // 2::k] == T_BODY).mean())
         target = x[:, 1:].flatten(0, 1)
         # the true motion of every frame pair (B, T-1, 2, H, W) px, for a warp head and known states
         true = motion_field(states[:, :-1], states[:, 1:], x.shape[-1]) if flows and states is not None else None

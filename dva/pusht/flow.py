@@ -32,6 +32,45 @@ def moving_bodies(field: torch.Tensor) -> torch.Tensor:
     return field.norm(dim=-3) > 0.05
 
 
+def _grid(size: int, device):
+    """Pixel centres of a size x size frame in canvas units: X (1, 1, size), Y (1, size, 1)."""
+    c = (torch.arange(size, device=device, dtype=torch.float64) + 0.5) * (CANVAS / size)
+    return c.view(1, 1, size), c.view(1, size, 1)
+
+
+def _col(s, i):
+    return s[:, i].view(-1, 1, 1)
+
+
+def _bodies(b: torch.Tensor, X, Y):
+    """Which pixels the T and the disc cover under states b (n, 5), and each pixel's T body
+    coordinates (u, v). Returns on_t, on_disc (n, size, size) bool, u, v."""
+    cos1, sin1 = _col(b, 4).cos(), _col(b, 4).sin()
+    rx, ry = X - _col(b, 2), Y - _col(b, 3)
+    u, v = cos1 * rx + sin1 * ry, -sin1 * rx + cos1 * ry
+    on_t = torch.zeros_like(u, dtype=torch.bool)
+    for x0, x1, y0, y1 in _BOXES:
+        on_t |= (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
+    on_disc = (X - _col(b, 0)) ** 2 + (Y - _col(b, 1)) ** 2 <= AGENT_RADIUS**2
+    return on_t, on_disc, u, v
+
+
+# the labels of body_labels; dva.model.unet.RigidLayers' layers in this order when supervised
+STATIC, T_BODY, DISC = 0, 1, 2
+
+
+def body_labels(states: torch.Tensor, size: int = 96) -> torch.Tensor:
+    """Which body each pixel shows: states (..., 5) -> int64 (..., size, size), STATIC for the
+    static scene, T_BODY for the T, DISC for the disc (drawn on top of the T), at pixel centres."""
+    if states.shape[-1] != 5:
+        raise ValueError(f"states must be (..., 5), got {tuple(states.shape)}")
+    lead = states.shape[:-1]
+    X, Y = _grid(size, states.device)
+    on_t, on_disc, _, _ = _bodies(states.reshape(-1, 5).double(), X, Y)
+    lab = torch.where(on_disc, DISC, torch.where(on_t, T_BODY, STATIC))
+    return lab.reshape(*lead, size, size)
+
+
 def motion_field(s0: torch.Tensor, s1: torch.Tensor, size: int = 96) -> torch.Tensor:
     """Backward displacement from frame 0 to frame 1: frame1(p) ~ frame0(p + d(p)), the
     convention of dva.model.unet.warp. s0, s1: (..., 5) gym-pusht states [agent x, agent y,
@@ -42,25 +81,12 @@ def motion_field(s0: torch.Tensor, s1: torch.Tensor, size: int = 96) -> torch.Te
         raise ValueError(f"states must both be (..., 5), got {tuple(s0.shape)} and {tuple(s1.shape)}")
     lead = s0.shape[:-1]
     a, b = s0.reshape(-1, 5).double(), s1.reshape(-1, 5).double()
-    scale = CANVAS / size
-    c = (torch.arange(size, device=a.device, dtype=torch.float64) + 0.5) * scale  # pixel centres, canvas units
-    X, Y = c.view(1, 1, size), c.view(1, size, 1)
-
-    def col(s, i):
-        return s[:, i].view(-1, 1, 1)
-
-    # body coordinates (u, v) of each pixel under the T's pose at frame 1
-    cos1, sin1 = col(b, 4).cos(), col(b, 4).sin()
-    rx, ry = X - col(b, 2), Y - col(b, 3)
-    u, v = cos1 * rx + sin1 * ry, -sin1 * rx + cos1 * ry
-    on_t = torch.zeros_like(u, dtype=torch.bool)
-    for x0, x1, y0, y1 in _BOXES:
-        on_t |= (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
-    cos0, sin0 = col(a, 4).cos(), col(a, 4).sin()
-    tx = col(a, 2) + cos0 * u - sin0 * v - X  # where that body point was at frame 0, minus p
-    ty = col(a, 3) + sin0 * u + cos0 * v - Y
-    on_disc = (X - col(b, 0)) ** 2 + (Y - col(b, 1)) ** 2 <= AGENT_RADIUS**2
+    X, Y = _grid(size, a.device)
+    on_t, on_disc, u, v = _bodies(b, X, Y)  # under the poses of frame 1
+    cos0, sin0 = _col(a, 4).cos(), _col(a, 4).sin()
+    tx = _col(a, 2) + cos0 * u - sin0 * v - X  # where that body point was at frame 0, minus p
+    ty = _col(a, 3) + sin0 * u + cos0 * v - Y
     zero = torch.zeros_like(tx)
-    dx = torch.where(on_disc, col(a, 0) - col(b, 0), torch.where(on_t, tx, zero))
-    dy = torch.where(on_disc, col(a, 1) - col(b, 1), torch.where(on_t, ty, zero))
-    return (torch.stack([dx, dy], 1) / scale).float().reshape(*lead, 2, size, size)
+    dx = torch.where(on_disc, _col(a, 0) - _col(b, 0), torch.where(on_t, tx, zero))
+    dy = torch.where(on_disc, _col(a, 1) - _col(b, 1), torch.where(on_t, ty, zero))
+    return (torch.stack([dx, dy], 1) / (CANVAS / size)).float().reshape(*lead, 2, size, size)
