@@ -52,31 +52,36 @@ def t_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def t_rigid_iou(pred: torch.Tensor, states: torch.Tensor, shift_px: float = 24.0, turn: float = 0.3) -> torch.Tensor:
+def t_rigid_iou(pred: torch.Tensor, states: torch.Tensor, shift_px: float = 24.0, turn: float = 0.3,
+                refine: int = 6) -> torch.Tensor:
     """Does each dreamed frame still show a rigid T, wherever it put it? pred (n, 3, H, W),
     states (n, 5) the true gym-pusht states of the same frames. Searches T poses around the true
-    one (coarse grid of +-shift_px and +-turn rad, then a finer grid around the best) and returns
-    the best IoU (n,) of the dream's T mask with a rendered rigid T (disc at its true place). A
-    T that moved rigidly to a wrong place still scores ~1; one that dissolved or smeared does not."""
+    one: a grid of 7 x 7 x 7 over +-shift_px (512-px units) and +-turn rad, then `refine` rounds
+    of a 3 x 3 x 3 pattern around the best pose so far, the step halved each round (the last:
+    0.125 units and 0.0016 rad), and returns the best IoU (n,) of the dream's T mask with a
+    rendered rigid T (disc at its true place). A T that moved rigidly to a wrong place scores ~1
+    (rendered T's at random off-grid poses within +-15 units and +-0.25 rad: mean 0.998, min
+    0.98); one that dissolved or smeared does not. The IoU is of 96-px masks, so a T off by half
+    a pixel loses ~0.1: before `refine` (one finer 5-point round) the same rigid T's scored 0.93-1.0."""
     from dva.pusht import render_frames
-
-    def grid(r, k):
-        return torch.linspace(-r, r, k, dtype=torch.float64)
 
     out = []
     for i in range(pred.shape[0]):
         dream = t_mask(pred[i:i + 1])  # (1, H, W)
-        best = states[i].double().cpu()
-        for r_xy, r_th, k in ((shift_px, turn, 7), (shift_px / 6, turn / 6, 5)):
-            dx, dy, dth = torch.meshgrid(grid(r_xy, k), grid(r_xy, k), grid(r_th, k), indexing="ij")
+        best, best_iou = states[i].double().cpu(), -1.0
+        step_xy, step_th = 2 * shift_px / 6, 2 * turn / 6
+        for k, r_xy, r_th in [(7, shift_px, turn)] + [(3, step_xy / 2**j, step_th / 2**j) for j in range(1, refine + 1)]:
+            d = torch.linspace(-1, 1, k, dtype=torch.float64)
+            dx, dy, dth = torch.meshgrid(d * r_xy, d * r_xy, d * r_th, indexing="ij")
             cand = best.expand(dx.numel(), 5).clone()  # (K, 5)
             cand[:, 2] += dx.flatten()
             cand[:, 3] += dy.flatten()
             cand[:, 4] += dth.flatten()
             iou = mask_iou(t_mask(from_frames(render_frames(cand))), dream)  # (K,)
             j = int(iou.argmax())
-            best = cand[j]
-        out.append(float(iou[j]))
+            if float(iou[j]) >= best_iou:
+                best, best_iou = cand[j], float(iou[j])
+        out.append(best_iou)
     return torch.tensor(out)
 
 
