@@ -95,7 +95,8 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 VAL_SEED = 0
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "body_masks", "action_dropout", "sampler_steps", "backend")
+# (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "sampler_steps", "backend")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
@@ -115,7 +116,8 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
             saved.pop("warp"), mine.pop("warp")
             fresh = ("decoder.flow.",)
         if mine["warp_layers"] and not saved["warp_layers"]:  # ... or make a dense head rigid by layers
-            saved.pop("warp_layers"), mine.pop("warp_layers")
+            for k in ("warp_layers", "body_masks"):
+                saved.pop(k), mine.pop(k)
             fresh = fresh + ("decoder.rigid.",)
     diff = ckpt.config_diff(saved, mine)
     if diff:

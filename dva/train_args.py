@@ -101,7 +101,8 @@ HELP = {
     "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
                  "of the T and the disc, computed from the sources' states (training only); 0: off",
     "body_masks": "weight of a cross-entropy loss that makes --warp-layers 3 the bodies of a frame (static scene, "
-                  "T, disc; from the sources' states), the static layer pinned to zero motion; 0: off",
+                  "T, disc; from the sources' states): the T and the disc move rigidly, the rest keeps the dense "
+                  "field; 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",

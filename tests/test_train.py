@@ -176,6 +176,9 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     assert "warp: True vs False" in capsys.readouterr().err  # the head is never dropped silently
     assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "r" / "ckpt"), "--warp")) == 2
     assert "warp_layers: 3 vs 0" in capsys.readouterr().err
+    assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "r" / "ckpt"), "--warp",
+                     "--warp-layers", "3", "--body-masks", "0.1")) == 2  # body masks change what layer 0 does
+    assert "body_masks" in capsys.readouterr().err
     assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "a" / "ckpt"), "--preset", "s")) == 2
     assert "model config differs" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -37,8 +37,9 @@ class DVAConfig:
     warp_layers: int = 0
     # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
     # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
-    # state); with it layer 0 is pinned to zero motion, so the static scene is never resampled.
-    # Unsupervised layers split the T in two and moved the background as a whole (stage 7)
+    # state); with it layer 0 keeps the dense field (the static scene and the pixels a body
+    # uncovers) and only the T and the disc move rigidly. Unsupervised layers split the T in two
+    # and moved the background as a whole (stage 7)
     body_masks: float = 0.0
     # weight of a second loss on the warped frame alone (no residual): it makes the displacement
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309

@@ -79,7 +79,7 @@ class FlowUNet(nn.Module):
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
-        self.rigid = RigidLayers(ch[0], cfg.warp_layers, pin_static=cfg.body_masks > 0) if cfg.warp_layers else None
+        self.rigid = RigidLayers(ch[0], cfg.warp_layers, dense_rest=cfg.body_masks > 0) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
@@ -155,11 +155,17 @@ class RigidLayers(nn.Module):
     clipping the loss doubled in 30 steps and the IDM's error rose 2.5 -> 3.6 px (runs/s13_eps);
     the masks learn only which layer's motion suits each pixel (straight-through)."""
 
-    def __init__(self, c_full: int, k: int, pin_static: bool = False):
+    def __init__(self, c_full: int, k: int, dense_rest: bool = False):
         super().__init__()
         self.mask = conv3(c_full, k)
-        self.pin_static = pin_static  # layer 0 does not move (DVAConfig.body_masks: it is the static scene)
-        if pin_static:  # equal logits: every pixel starts in layer 0 (argmax ties go to the first), static
+        # DVAConfig.body_masks: layer 0 is the rest of the scene and keeps the dense field, so the
+        # pixels a body uncovers are filled from the nearby background as the dense head learned
+        # to (pinned to zero motion instead, the true next-frame masks left ghost T's there: the
+        # stage-9 package with them, 1-step PSNR 31.0 vs 36.6 dB, docs/model.md); layers 1-2 (T, disc)
+        # move rigidly. Equal logits at init put every pixel in layer 0 (argmax ties go to the
+        # first): the model starts as the dense-head model it was --init from.
+        self.dense_rest = dense_rest
+        if dense_rest:
             nn.init.zeros_(self.mask.weight)
             nn.init.zeros_(self.mask.bias)
 
@@ -200,14 +206,13 @@ class RigidLayers(nn.Module):
         ang = torch.atan2((w * (ax * by - ay * bx)).sum((2, 3)), (w * (ax * bx + ay * by)).sum((2, 3)) + 1.0)  # px^2
         cos, sin = torch.cos(ang), torch.sin(ang)  # (B, K)
         tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
-        if self.pin_static:  # layer 0: the identity (cos 1, sin 0, no shift)
-            moving = torch.arange(cos.shape[1], device=cos.device) > 0
-            cos, sin = torch.where(moving, cos, 1.0), torch.where(moving, sin, 0.0)
-            tx, ty = torch.where(moving, tx, 0.0), torch.where(moving, ty, 0.0)
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
         Px, Py = self._centred(size, size, h.device)
         dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K, size, size)
         dy = at(sin) * Px + at(cos) * Py + at(ty) - Py
+        if self.dense_rest:  # layer 0: the dense field itself, upsampled as warp() would
+            up = F.interpolate(flow.float(), size=(size, size), mode="bilinear", align_corners=False)
+            dx, dy = torch.cat([up[:, 0:1], dx[:, 1:]], 1), torch.cat([up[:, 1:2], dy[:, 1:]], 1)
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
 
 

@@ -126,7 +126,7 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         act = actions[:, :-1].flatten(0, 1)
         rigid, masks = model.decoder.rigid, []
         hook = rigid.mask.register_forward_hook(lambda mod, i, o: masks.append(o)) \
-            if rigid is not None and rigid.pin_static and states is not None else None
+            if rigid is not None and rigid.dense_rest and states is not None else None
         with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
             one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
         if hook is not None:  # supervised body layers: does the T's layer cover the T of the next frame?
