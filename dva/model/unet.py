@@ -208,11 +208,13 @@ class RigidLayers(nn.Module):
         tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
         Px, Py = self._centred(size, size, h.device)
-        dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K, size, size)
+        r = 1 if self.dense_rest else 0  # layers from r on move rigidly
+        cos, sin, tx, ty = cos[:, r:], sin[:, r:], tx[:, r:], ty[:, r:]
+        dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K - r, size, size)
         dy = at(sin) * Px + at(cos) * Py + at(ty) - Py
         if self.dense_rest:  # layer 0: the dense field itself, upsampled as warp() would
             up = F.interpolate(flow.float(), size=(size, size), mode="bilinear", align_corners=False)
-            dx, dy = torch.cat([up[:, 0:1], dx[:, 1:]], 1), torch.cat([up[:, 1:2], dy[:, 1:]], 1)
+            dx, dy = torch.cat([up[:, 0:1], dx], 1), torch.cat([up[:, 1:2], dy], 1)
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
 
 
