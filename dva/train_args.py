@@ -46,6 +46,7 @@ class TrainConfig:
     loss: str = "mse"
     warp: bool = False
     warp_layers: int = 0
+    warp_interp: str = "bilinear"
     warp_loss: float = 0.0
     flow_loss: float = 0.0
     body_masks: float = 0.0
@@ -96,6 +97,8 @@ HELP = {
             "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
     "warp_layers": "with --warp: K > 0 makes the displacement field piecewise rigid: each pixel in one of K "
                    "layers, each layer moved by the rotation + shift fitted to its pixels; --init may add it",
+    "warp_interp": "how the warp head resamples frame t: 'bilinear' or 'bicubic' (blurs less when dreams are "
+                   "warped again and again); --init may change it",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
                  "displacement field, not the residual, explain the motion; 0: off",
     "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help=HELP[f.name] + f" (default: {default})")
         elif f.name == "loss":
             p.add_argument(flag, choices=["mse", "l1"], default=default, help=HELP[f.name] + f" (default: {default})")
+        elif f.name == "warp_interp":
+            p.add_argument(flag, choices=["bilinear", "bicubic"], default=default,
+                           help=HELP[f.name] + f" (default: {default})")
         elif f.name == "backend":
             p.add_argument(flag, choices=["ref", "triton", "auto"], default=default,
                            help=HELP[f.name] + f" (default: {default})")
@@ -192,7 +198,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
-                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_loss=cfg.warp_loss,
+                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp, warp_loss=cfg.warp_loss,
                   flow_loss=cfg.flow_loss, body_masks=cfg.body_masks)
 
 

@@ -155,12 +155,12 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     assert main(args(dataset, tmp_path / "v", *common, "--stop-after", "1", "--resume", "auto",
                      "--init", "", "--warp")) == 0  # a fresh warp run
     # an exported (inference-only, fp16 EMA) copy starts both the weights and their EMA; --flow-loss trains
-    # the warp head on the sources' states
+    # the warp head on the sources' states; --warp-interp changes no weight, so --init may change it
     ckpt.export(tmp_path / "w" / "ckpt", tmp_path / "exp")
     assert main(args(dataset, tmp_path / "f", *common, "--stop-after", "1", "--init", str(tmp_path / "exp"),
-                     "--warp", "--flow-loss", "0.5")) == 0
+                     "--warp", "--flow-loss", "0.5", "--warp-interp", "bicubic")) == 0
     tf, mf = ckpt.read(tmp_path / "f" / "ckpt")
-    assert mf["config"]["flow_loss"] == 0.5
+    assert mf["config"]["flow_loss"] == 0.5 and mf["config"]["warp_interp"] == "bicubic"
     for part in ("model", "ema"):
         k = f"{part}.decoder.stem.weight"
         assert (tf[k] - tw["ema.decoder.stem.weight"]).abs().max() <= 1.5 * lr + 1e-3  # fp16 rounding

@@ -35,6 +35,11 @@ class DVAConfig:
     # pixel in one of K layers moved by the rotation + shift fitted to it (unet.RigidLayers; tried
     # as stage 7 and not shipped: docs/model.md)
     warp_layers: int = 0
+    # how the warp resamples frame t: 'bilinear' or 'bicubic'. Why bicubic: in a dream every frame
+    # is the previous dream resampled, and bilinear sampling blurs at each step: warping held-out
+    # expert frames by their *true* motion 8 times (true background pasted in) left the rigid-T IoU
+    # at 0.905 with bilinear, 0.952 with bicubic, 0.967 warping the first frame once (docs/model.md)
+    warp_interp: str = "bilinear"
     # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
     # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
     # state); with it layer 0 keeps the dense field (the static scene and the pixels a body
@@ -108,6 +113,8 @@ class DVAConfig:
         if self.body_masks < 0 or (self.body_masks and self.warp_layers != 3):
             raise ValueError(f"body_masks must be >= 0 and needs warp_layers=3 (static scene, T, disc), got "
                              f"{self.body_masks} (warp_layers={self.warp_layers})")
+        if self.warp_interp not in ("bilinear", "bicubic"):
+            raise ValueError(f"warp_interp must be 'bilinear' or 'bicubic', got {self.warp_interp!r}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):

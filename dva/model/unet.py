@@ -79,6 +79,7 @@ class FlowUNet(nn.Module):
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
+        self.warp_interp = cfg.warp_interp
         self.rigid = RigidLayers(ch[0], cfg.warp_layers, dense_rest=cfg.body_masks > 0) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None):
@@ -129,7 +130,7 @@ class FlowUNet(nn.Module):
                 disp = self.rigid(h, disp, frame.shape[-1])
                 if with_warp:  # (a second 1-channel-per-layer conv: cheaper than threading them out)
                     logits = self.rigid.mask(h)
-            base = warp(frame, disp)
+            base = warp(frame, disp, self.warp_interp)
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
         return (x_hat, base, dense, logits) if with_warp else x_hat
 
@@ -218,9 +219,11 @@ class RigidLayers(nn.Module):
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
 
 
-def warp(frame, flow):
-    """Backward warp: out(p) = frame(p + flow(p)), bilinear. frame (B, C, H, W); flow (B, 2, h, w)
-    displacements (dx, dy) in pixels of the full frame, upsampled bilinearly to H x W."""
+def warp(frame, flow, mode: str = "bilinear"):
+    """Backward warp: out(p) = frame(p + flow(p)), sampled bilinearly or bicubically (mode).
+    frame (B, C, H, W); flow (B, 2, h, w) displacements (dx, dy) in pixels of the full frame,
+    upsampled bilinearly to H x W. Bicubic overshoots at edges; the result is not clamped here
+    (the sampler clamps its output)."""
     B, _, H, W = frame.shape
     flow = flow.float()
     if flow.shape[-2:] != (H, W):  # (RigidLayers' field is already full size)
@@ -230,5 +233,5 @@ def warp(frame, flow):
     gx = xs.view(1, 1, W) + flow[:, 0] * (2 / W)
     gy = ys.view(1, H, 1) + flow[:, 1] * (2 / H)
     grid = torch.stack([gx, gy], dim=-1)  # (B, H, W, 2) in grid_sample's (x, y) order
-    out = F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(frame.float(), grid, mode=mode, padding_mode="border", align_corners=False)
     return out.to(frame.dtype)
