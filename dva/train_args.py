@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dva.data.loader import MixtureSchedule
 from dva.model.config import PRESETS as MODEL_PRESETS
-from dva.model.config import DVAConfig, preset
+from dva.model.config import WARP_INTERPS, DVAConfig, preset
 
 DESCRIPTION = "Train the DVA video model and/or its IDM (context amortization; see docs/model.md)."
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "loss":
             p.add_argument(flag, choices=["mse", "l1"], default=default, help=HELP[f.name] + f" (default: {default})")
         elif f.name == "warp_interp":
-            p.add_argument(flag, choices=["bilinear", "bicubic"], default=default,
+            p.add_argument(flag, choices=WARP_INTERPS, default=default,
                            help=HELP[f.name] + f" (default: {default})")
         elif f.name == "backend":
             p.add_argument(flag, choices=["ref", "triton", "auto"], default=default,

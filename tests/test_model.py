@@ -440,6 +440,16 @@ def test_bicubic_warp_keeps_a_t_through_repeated_subpixel_warps():
         preset("tiny", warp_interp="nearest")
 
 
+def test_warp_ceiling_cli_names_bad_input(tmp_path, capsys):
+    from dva.model import warp_ceiling
+
+    assert warp_ceiling.main(["--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        warp_ceiling.main(["--sequences", "0"])
+    assert "--sequences must be >= 1" in capsys.readouterr().err
+
+
 def test_warp_stats_credit_a_displacement_that_follows_the_motion():
     """A frame whose content moved 2 px: the true displacement makes the warped frame alone match
     it (L1 on the moving pixels ~0, far below copying) and its magnitude is read back in px."""

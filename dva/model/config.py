@@ -37,8 +37,8 @@ class DVAConfig:
     warp_layers: int = 0
     # how the warp resamples frame t: 'bilinear' or 'bicubic'. Why bicubic: in a dream every frame
     # is the previous dream resampled, and bilinear sampling blurs at each step: warping held-out
-    # expert frames by their *true* motion 8 times (true background pasted in) left the rigid-T IoU
-    # at 0.905 with bilinear, 0.952 with bicubic, 0.967 warping the first frame once (docs/model.md)
+    # expert frames by their *true* motion 8 times left the rigid-T IoU at 0.930 with bilinear,
+    # 0.961 with bicubic (`python -m dva.model.warp_ceiling`, docs/model.md)
     warp_interp: str = "bilinear"
     # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
     # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
@@ -113,8 +113,8 @@ class DVAConfig:
         if self.body_masks < 0 or (self.body_masks and self.warp_layers != 3):
             raise ValueError(f"body_masks must be >= 0 and needs warp_layers=3 (static scene, T, disc), got "
                              f"{self.body_masks} (warp_layers={self.warp_layers})")
-        if self.warp_interp not in ("bilinear", "bicubic"):
-            raise ValueError(f"warp_interp must be 'bilinear' or 'bicubic', got {self.warp_interp!r}")
+        if self.warp_interp not in WARP_INTERPS:
+            raise ValueError(f"warp_interp must be one of {WARP_INTERPS}, got {self.warp_interp!r}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):
@@ -135,6 +135,8 @@ class DVAConfig:
             raise ValueError(f"unknown DVAConfig fields {unknown}")
         return cls(**d)
 
+
+WARP_INTERPS = ("bilinear", "bicubic")  # DVAConfig.warp_interp: grid_sample modes the warp may use
 
 PRESETS: dict[str, DVAConfig] = {
     # seconds on CPU: for tests
