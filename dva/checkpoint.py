@@ -166,20 +166,24 @@ def load(path=None, device="cpu", weights: str = "ema"):
     return models[0], models[1], meta
 
 
-def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None) -> tuple[Path, Path]:
+def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None,
+           warp_anchor: bool | None = None) -> tuple[Path, Path]:
     """Inference-only copy of a training checkpoint: EMA weights of video model and IDM in
     `dtype` (the packaged default is fp16), same JSON minus optimizer state. sampler_steps sets
     the model's default number of sampler steps (chosen by held-out validation), which the
-    planner uses unless told otherwise."""
+    planner uses unless told otherwise; warp_anchor sets DVAConfig.warp_anchor (anchored dreams,
+    no weights change). None keeps the training config's."""
     tensors, meta = read(src)
-    if sampler_steps is not None:
+    changes = {k: v for k, v in (("sampler_steps", sampler_steps), ("warp_anchor", warp_anchor)) if v is not None}
+    if changes:
         from dva.model.config import DVAConfig
 
-        config = {**meta["config"], "sampler_steps": int(sampler_steps)}
+        config = {**meta["config"], **changes}
         try:
             DVAConfig.from_dict(config)  # the config validates its own fields
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{paths(src)[0]}: cannot export with sampler_steps={sampler_steps}: {e}") from None
+            what = ", ".join(f"{k}={v}" for k, v in changes.items())
+            raise CheckpointError(f"{paths(src)[0]}: cannot export with {what}: {e}") from None
         meta = {**meta, "config": config}
     out = {}
     for key, name in (("ema", "model"), ("idm_ema", "idm")):
@@ -204,13 +208,17 @@ def main(argv=None) -> int:
     e.add_argument("--sampler-steps", type=int, default=None,
                    help="set the model's default sampler steps (pick them with python -m dva.model.validate --steps N); "
                         "default: keep the training config's")
+    e.add_argument("--warp-anchor", choices=["on", "off"], default=None,
+                   help="anchored dreams: the T and disc sample the last real frame by their composed motion "
+                        "(needs a model trained with --body-masks); default: keep the training config's")
     i = sub.add_parser("info", help="validate a checkpoint and print its metadata")
     i.add_argument("path", help="checkpoint stem or file")
     a = p.parse_args(argv)
     try:
         if a.cmd == "export":
             dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-            st, js = export(a.src, a.dst, dt, a.sampler_steps)
+            anchor = None if a.warp_anchor is None else a.warp_anchor == "on"
+            st, js = export(a.src, a.dst, dt, a.sampler_steps, anchor)
             print(f"wrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}")
         else:
             tensors, meta = read(a.path)

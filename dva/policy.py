@@ -108,7 +108,9 @@ class DVAPlanner:
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
-                nxt = m.sample(ctx, action=cond, steps=self.sample_steps, noise=noise)  # (1, 3, 96, 96)
+                # (1, 3, 96, 96), observed as a scratch entry (rolled back below) unless it is the last
+                nxt, ctx = m.dream(self.cache, ctx, action=cond, steps=self.sample_steps, noise=noise,
+                                   observe=j + 1 < horizon)
                 if j < n:
                     a = cond
                 else:
@@ -116,8 +118,6 @@ class DVAPlanner:
                 frames.append(nxt)
                 actions.append(a)
                 last_action = a
-                if j + 1 < horizon:
-                    ctx = m.observe(self.cache, nxt)  # scratch entry, rolled back below
                 prev, cur = cur, nxt
         finally:
             self.cache.rollback(mark)  # the cache holds real frames only, even after an error

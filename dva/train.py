@@ -95,9 +95,9 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 VAL_SEED = 0
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-# (warp_interp changes the forward pass but no weight: a fine-tune learns the new resampling)
+# (warp_interp and warp_anchor change the forward pass but no weight: a fine-tune learns them)
 # (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "sampler_steps", "backend", "warp_interp")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "sampler_steps", "backend", "warp_interp", "warp_anchor")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

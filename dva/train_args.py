@@ -47,6 +47,7 @@ class TrainConfig:
     warp: bool = False
     warp_layers: int = 0
     warp_interp: str = "bilinear"
+    warp_anchor: bool = False
     warp_loss: float = 0.0
     flow_loss: float = 0.0
     body_masks: float = 0.0
@@ -99,6 +100,9 @@ HELP = {
                    "layers, each layer moved by the rotation + shift fitted to its pixels; --init may add it",
     "warp_interp": "how the warp head resamples frame t: 'bilinear' or 'bicubic' (blurs less when dreams are "
                    "warped again and again); --init may change it",
+    "warp_anchor": "anchored dreams (needs --body-masks): the T and disc of a dreamed frame sample the last real "
+                   "frame by their motions composed since it, not the previous dream; self forcing rolls out "
+                   "the same way; --init may change it",
     "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
                  "displacement field, not the residual, explain the motion; 0: off",
     "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
@@ -198,7 +202,8 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
     return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
-                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp, warp_loss=cfg.warp_loss,
+                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,
+                  warp_anchor=cfg.warp_anchor, warp_loss=cfg.warp_loss,
                   flow_loss=cfg.flow_loss, body_masks=cfg.body_masks)
 
 

@@ -154,3 +154,5 @@ def test_export_fp16(tmp_path):
     assert ckpt.load(tmp_path / "export1")[0].cfg.sampler_steps == 1
     with pytest.raises(ckpt.CheckpointError, match="sampler_steps"):
         ckpt.export(tmp_path / "train", tmp_path / "export0", sampler_steps=0)
+    with pytest.raises(ckpt.CheckpointError, match="warp_anchor needs body_masks"):  # a model without body layers
+        ckpt.export(tmp_path / "train", tmp_path / "export_anchor", warp_anchor=True)

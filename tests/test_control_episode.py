@@ -100,11 +100,11 @@ class SlowModel:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def sample(self, *args, **kwargs):
+    def dream(self, *args, **kwargs):  # the planner's one call per predicted frame
         t0 = time.perf_counter()
-        x = self.model.sample(*args, **kwargs)
+        out = self.model.dream(*args, **kwargs)
         time.sleep(max(0.0, self.per_frame_s - (time.perf_counter() - t0)))
-        return x
+        return out
 
 
 class RecordingPlanner(DVAPlanner):

@@ -283,7 +283,7 @@ def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
     act = torch.rand(2, 5, 2) * 512
     clean = x[:, :-1]
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    seen = m._self_force(clean, act, generator=g())
+    seen = m._self_force(clean, act, generator=g())[0]
     assert torch.equal(seen[:, 0], clean[:, 0])
     ctx = m.context(clean[:, :-1])
     want = m.sample(ctx, act[:, :3].flatten(0, 1), steps=1, generator=g()).view(2, 3, 3, 96, 96)
@@ -314,7 +314,7 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
         m.decoder.flow.weight.normal_(0, 0.05)
     x = torch.rand(2, T, 3, 96, 96) * 2 - 1
     act = torch.rand(2, T, 2) * 512
-    seen = m._self_force(x, act, generator=torch.Generator().manual_seed(5))
+    seen = m._self_force(x, act, generator=torch.Generator().manual_seed(5))[0]
     noise = torch.randn((2 * (T - 1), 3, 96, 96), generator=torch.Generator().manual_seed(5)).view(2, T - 1, 3, 96, 96)
     dream = [x[:, 0]]
     for i in range(1, T):  # the rollout, one frame at a time
@@ -326,7 +326,7 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
     assert (seen[:, K + 1:] - dream[:, K + 1:]).abs().amax() > 1e-2  # beyond K: not yet converged
     one = DVA(preset("tiny", backend="ref", warp=True, self_forcing=1.0))
     one.load_state_dict(m.state_dict())
-    first = one._self_force(x, act, generator=torch.Generator().manual_seed(5))
+    first = one._self_force(x, act, generator=torch.Generator().manual_seed(5))[0]
     torch.testing.assert_close(first[:, :2], dream[:, :2], rtol=0, atol=1e-4)  # frame 1: exact at any depth
     assert (first[:, 2] - dream[:, 2]).abs().amax() > 1e-2  # frame 2 is from the real frame 1
     with pytest.raises(ValueError, match="self_forcing_depth"):
@@ -486,17 +486,17 @@ def test_rigid_layers_fit_one_rotation_and_shift_per_layer():
                         math.sin(ang) * px + math.cos(ang) * py + t[1] - py])[None]  # (1, 2, 48, 48)
     one = torch.zeros(1, 2, n, n)
     one[:, 0] = 5.0  # layer 0 owns every pixel
-    d = r(one, flow, size)
+    d = r(one, flow, size)[0]
     full = torch.nn.functional.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
     torch.testing.assert_close(d[..., 4:-4, 4:-4], full[..., 4:-4, 4:-4], rtol=0, atol=2e-3)  # rigid: linear in p
 
     bent = torch.zeros(1, 2, n, n)
     bent[:, 0, :, : n // 2], bent[:, 0, :, n // 2:] = 2.0, -2.0  # the left half moves right, the right half left
-    d = r(one, bent, size)
+    d = r(one, bent, size)[0]
     assert d[:, 0].abs().max() < 1e-3 and d[:, 1].abs().max() < 1e-3  # one layer: the mean motion (none)
     split = torch.zeros(1, 2, n, n)
     split[:, 0, :, : n // 2], split[:, 1, :, n // 2:] = 5.0, 5.0
-    d = r(split, bent, size)
+    d = r(split, bent, size)[0]
     torch.testing.assert_close(d[:, 0, :, :44], torch.full((1, 96, 44), 2.0), rtol=0, atol=1e-4)
     torch.testing.assert_close(d[:, 0, :, 52:], torch.full((1, 96, 44), -2.0), rtol=0, atol=1e-4)
 
@@ -514,13 +514,13 @@ def test_rigid_layers_fit_one_rotation_and_shift_per_layer():
     # or not; its masks start all-layer-0 (zero logits), so the model starts as the dense-head one
     hybrid = RigidLayers(8, 3, dense_rest=True)
     up = torch.nn.functional.interpolate(bent, size=(size, size), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(hybrid(torch.rand(1, 8, n, n), bent, size), up)
+    torch.testing.assert_close(hybrid(torch.rand(1, 8, n, n), bent, size)[0], up)
     hybrid.mask = torch.nn.Identity()
     three = torch.zeros(1, 3, n, n)
     three[:, 0, :, : n // 2], three[:, 1, :, n // 2:] = 5.0, 5.0  # left half: the rest; right: a body
     curved = bent.clone()
     curved[:, 1, :, n // 2:] = torch.linspace(-1, 1, n).view(n, 1)  # the body's half also shears in y
-    d = hybrid(three, curved, size)
+    d = hybrid(three, curved, size)[0]
     torch.testing.assert_close(d[:, :, :, :44], up[:, :, :, :44])  # the dense field, +2 px
     torch.testing.assert_close(d[:, 0, :, 52:], torch.full((1, 96, 44), -2.0), rtol=0, atol=0.2)
     assert (d[:, 1, :, 52:] - d[:, 1, :, 52:].mean()).abs().max() < 0.15  # the body: no shear left, up to its fitted turn

@@ -40,6 +40,12 @@ class DVAConfig:
     # expert frames by their *true* motion 8 times left the rigid-T IoU at 0.930 with bilinear,
     # 0.961 with bicubic (`python -m dva.model.warp_ceiling`, docs/model.md)
     warp_interp: str = "bilinear"
+    # anchored dreams (inference; needs body_masks): the T and disc layers of a dreamed frame
+    # sample the last *real* frame by their motions composed since it, instead of the previous
+    # dream, so a dream resamples the T once, not once per step. Why: re-warping the previous
+    # dream 8 times caps the step-8 rigid-T IoU at 0.930 (bilinear) even with the true motion;
+    # one warp by the composed true motion reaches 0.967 (`python -m dva.model.warp_ceiling`)
+    warp_anchor: bool = False
     # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
     # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
     # state); with it layer 0 keeps the dense field (the static scene and the pixels a body
@@ -113,6 +119,8 @@ class DVAConfig:
         if self.body_masks < 0 or (self.body_masks and self.warp_layers != 3):
             raise ValueError(f"body_masks must be >= 0 and needs warp_layers=3 (static scene, T, disc), got "
                              f"{self.body_masks} (warp_layers={self.warp_layers})")
+        if self.warp_anchor and not self.body_masks:
+            raise ValueError("warp_anchor needs body_masks > 0 (layers 1 and 2 must be the T and the disc)")
         if self.warp_interp not in WARP_INTERPS:
             raise ValueError(f"warp_interp must be one of {WARP_INTERPS}, got {self.warp_interp!r}")
         if self.loss not in ("mse", "l1"):

@@ -31,11 +31,15 @@ from .unet import FlowUNet
 @dataclass
 class Context:
     """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t, the
-    encoder's features of frame t (the spatial skip) and frame t itself (B, 3, H, W)."""
+    encoder's features of frame t (the spatial skip) and frame t itself (B, 3, H, W). For a
+    dreamed frame t under DVAConfig.warp_anchor (see `dream`) also the last real frame (B, 3, H, W)
+    and the rigid layers' motions (B, K - 1, 4) from frame t to it; None for a real frame."""
 
     tokens: torch.Tensor
     feats: list
     frame: torch.Tensor
+    anchor: torch.Tensor | None = None
+    motion: torch.Tensor | None = None
 
 
 # The velocity (x_hat - x_tau) / (1 - tau) is capped near tau = 1 (never reached by the sampler,
@@ -82,9 +86,9 @@ class DVA(nn.Module):
             raise ValueError(f"training needs sequences of at least 2 frames, got L={L}")
         dev = x.device
         clean = x[:, :-1]  # the last frame is only a target
-        seen = clean
+        seen, anchor = clean, None
         if self.training and self.cfg.self_forcing > 0:
-            seen = self._self_force(clean, actions, generator)
+            seen, anchor = self._self_force(clean, actions, generator)
         if self.training and self.cfg.ctx_noise > 0:
             # Autoregressive dreams feed the model its own slightly wrong frames; without this a
             # 4.6M-parameter `s` model trained on clean frames turned the T into a noisy cloud
@@ -93,6 +97,8 @@ class DVA(nn.Module):
             eps = torch.randn(clean.shape, device=dev, generator=generator, dtype=clean.dtype)
             seen = (seen + sig * eps).clamp(-1, 1)  # dreams are clamped to [-1, 1] too
         ctx = self.context(seen)
+        if anchor is not None:  # swapped-in dreams are predicted from as dream() would
+            ctx.anchor, ctx.motion = anchor[0].flatten(0, 1), anchor[1].flatten(0, 1)
         target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
         act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
         n = target.shape[0]
@@ -101,7 +107,9 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        x_hat, warped, disp, logits = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep, with_warp=True)
+        anc = None if ctx.anchor is None else (ctx.anchor, ctx.motion)
+        x_hat, warped, disp, logits = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep,
+                                                   with_warp=True, anchor=anc)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
@@ -153,19 +161,36 @@ class DVA(nn.Module):
         teacher-forced pass: context amortization gives every prediction at once). With
         cfg.self_forcing_depth = K the pass runs K times, each on the previous pass's frames with
         the same swap mask and noise, so a run of <= K swapped frames is the exact autoregressive
-        rollout of them. The targets of the loss stay the real frames."""
+        rollout of them. The targets of the loss stay the real frames. Returns (frames, anchors):
+        with cfg.warp_anchor, anchors = (the last real frame at or before each position
+        (B, T, 3, H, W), the rigid layers' motions from each frame to it (B, T, K - 1, 4)), so the
+        rollout is the one dream() makes; else None."""
         B, T = clean.shape[:2]
         if T < 2:
-            return clean
+            return clean, None
         act = actions[:, : T - 1].flatten(0, 1)
         noise = torch.randn((B * (T - 1), *clean.shape[2:]), device=clean.device, generator=generator)
         swap = torch.rand(B, T - 1, 1, 1, 1, device=clean.device, generator=generator) < self.cfg.self_forcing
+        anchored = self.cfg.warp_anchor
+        if anchored:
+            real = torch.cat([torch.ones_like(swap[:, :1]), ~swap], 1).view(B, T)
+            idx = torch.arange(T, device=clean.device) * real  # the last real frame at or before t
+            last = idx.cummax(1).values
+            frames = clean[torch.arange(B, device=clean.device)[:, None], last]  # (B, T, 3, H, W)
+            ident = torch.tensor([1.0, 0.0, 0.0, 0.0], device=clean.device).expand(B, T, 2, 4)
+            motion = ident
         seen = clean
         for _ in range(self.cfg.self_forcing_depth):
-            pred = self.sample(self.context(seen[:, :-1]), act, steps=1, noise=noise)
+            ctx = self.context(seen[:, :-1])
+            if anchored:
+                ctx.anchor, ctx.motion = frames[:, :-1].flatten(0, 1), motion[:, :-1].flatten(0, 1)
+            pred, mot = self._solve(ctx, act, 1, noise, None)
             pred = pred.view(B, T - 1, *clean.shape[2:]).to(clean.dtype)
             seen = torch.cat([clean[:, :1], torch.where(swap, pred, clean[:, 1:])], dim=1)
-        return seen
+            if anchored:
+                mot = mot.float().view(B, T - 1, 2, 4)
+                motion = torch.cat([ident[:, :1], torch.where(swap.view(B, T - 1, 1, 1), mot, ident[:, 1:])], 1)
+        return seen, ((frames, motion) if anchored else None)
 
     # ---- inference --------------------------------------------------------------------------
     def init_cache(self, batch_size: int, device, dtype=torch.float32) -> RingCache:
@@ -188,13 +213,20 @@ class DVA(nn.Module):
 
     def velocity(self, x_tau, tau, ctx: Context, action=None):
         """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
+        return self._velocity(x_tau, tau, ctx, action)[0]
+
+    def _velocity(self, x_tau, tau, ctx: Context, action=None):
         a = None if action is None else fr.norm_action(action)
-        x_hat = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a)
-        return (x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1)
+        anchor = (ctx.anchor, ctx.motion) if ctx.anchor is not None else None
+        x_hat, motion = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a, anchor=anchor, with_motion=True)
+        return (x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1), motion
 
     def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None):
         """Few-step Euler ODE solve tau 0 -> 1. action: (B, 2) pixel units being executed between
         the observed frame and the next one, or None. Returns (B, 3, H, W) in [-1, 1]."""
+        return self._solve(ctx, action, steps, noise, generator)[0]
+
+    def _solve(self, ctx, action, steps, noise, generator):
         steps = self.cfg.sampler_steps if steps is None else int(steps)
         if not 1 <= steps <= 64:
             raise ValueError(f"sampler steps must be in [1, 64], got {steps}")
@@ -206,9 +238,24 @@ class DVA(nn.Module):
         taus = torch.linspace(0.0, 1.0, steps + 1, device=dev)
         for i in range(steps):
             tau = taus[i].expand(B)
-            v = self.velocity(x, tau, ctx, action)
+            v, motion = self._velocity(x, tau, ctx, action)
             x = dvakern.flow_step(x, v, taus[i], taus[i + 1])
-        return x.clamp(-1, 1)
+        return x.clamp(-1, 1), motion  # (the motion of the last evaluation, the one that made x)
+
+    def dream(self, cache: RingCache, ctx: Context, action=None, steps: int | None = None, noise=None,
+              generator=None, observe: bool = True):
+        """One dreamed step: sample() the next frame and, with observe, observe() it (a scratch
+        entry in cache: mark()/rollback() around dreams). Returns (frame, its context or None).
+        With cfg.warp_anchor the context carries the last real frame and the T's and disc's
+        motions composed since it, so the next step resamples the real frame, not this dream."""
+        x, motion = self._solve(ctx, action, steps, noise, generator)
+        if not observe:
+            return x, None
+        nxt = self.observe(cache, x)
+        if self.cfg.warp_anchor and motion is not None:
+            nxt.anchor = ctx.frame if ctx.anchor is None else ctx.anchor
+            nxt.motion = motion
+        return x, nxt
 
 
 def param_count(module: nn.Module) -> int:

@@ -94,12 +94,17 @@ class FlowUNet(nn.Module):
                 a = torch.where(action_mask[:, None], a, self.null_act.to(a.dtype))
         return self.cond_act(c + a)
 
-    def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False):
+    def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False,
+                anchor=None, with_motion: bool = False):
         """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
         frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
         by the predicted displacement (before the residual; frame t itself without a warp head),
         the dense displacement (B, 2, H/2, W/2) in pixels (None without a warp head) and the rigid
-        layers' mask logits (B, K, H/2, W/2) (None without them)."""
+        layers' mask logits (B, K, H/2, W/2) (None without them).
+        anchor: (frame a (B, 3, H, W), motions (B, K - 1, 4)) for DVAConfig.warp_anchor: the
+        rigid layers (T, disc) sample a, the last real frame, by their motion from frame t to it
+        composed with this step's; with_motion also returns the rigid layers' motion from the
+        predicted frame to a (to frame t without an anchor) (None without rigid layers)."""
         c = self.cond(tau, ctx, action, action_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
@@ -123,16 +128,22 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base, dense, logits = frame, None, None
+        base, dense, logits, motion = frame, None, None, None
         if self.flow is not None:
             disp = dense = FLOW_GAIN * self.flow(h)
             if self.rigid is not None:
-                disp = self.rigid(h, disp, frame.shape[-1])
+                disp, m, motion = self.rigid(h, disp, frame.shape[-1])
                 if with_warp:  # (a second 1-channel-per-layer conv: cheaper than threading them out)
                     logits = self.rigid.mask(h)
             base = warp(frame, disp, self.warp_interp)
+            if anchor is not None:  # the rigid layers' pixels come from the anchor frame instead
+                motion = compose(anchor[1], motion)
+                from_anchor = warp(anchor[0], self.rigid.field(m, motion, dense), self.warp_interp)
+                base = m[:, :1] * base + (1 - m[:, :1]) * from_anchor
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
-        return (x_hat, base, dense, logits) if with_warp else x_hat
+        if with_warp:
+            return x_hat, base, dense, logits
+        return (x_hat, motion) if with_motion else x_hat
 
 
 # The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's
@@ -188,7 +199,9 @@ class RigidLayers(nn.Module):
     def forward(self, h, flow, size: int):
         """h: decoder features (B, c_full, n, n); flow: the dense displacement (B, 2, n, n) in px
         of the full frame (size x size). Returns the displacement (B, 2, size, size) in px: each
-        pixel p samples the frame at R_k p + t_k, with k its layer, p relative to the frame centre."""
+        pixel p samples the frame at R_k p + t_k, with k its layer, p relative to the frame centre;
+        the layers' one-hot masks (B, K, size, size) (straight-through) and the rigid layers'
+        motions (B, K - r, 4) as (cos, sin, tx, ty), r = 1 with dense_rest else 0."""
         logits = self.mask(h).float()
         n = flow.shape[-1]
         w = self._hard(logits)  # (B, K, n, n): the fit's weights (hard, no gradient: see above)
@@ -199,24 +212,42 @@ class RigidLayers(nn.Module):
         def mean(v):
             return (w * v).sum((2, 3)) / sw  # (B, K)
 
-        def at(v):
-            return v[..., None, None]
-
         mpx, mpy, mqx, mqy = mean(px), mean(py), mean(qx), mean(qy)
-        ax, ay, bx, by = px - at(mpx), py - at(mpy), qx - at(mqx), qy - at(mqy)
+        ax, ay, bx, by = px - _at(mpx), py - _at(mpy), qx - _at(mqx), qy - _at(mqy)
         ang = torch.atan2((w * (ax * by - ay * bx)).sum((2, 3)), (w * (ax * bx + ay * by)).sum((2, 3)) + 1.0)  # px^2
         cos, sin = torch.cos(ang), torch.sin(ang)  # (B, K)
         tx, ty = mqx - (cos * mpx - sin * mpy), mqy - (sin * mpx + cos * mpy)  # q = R p + t
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
-        Px, Py = self._centred(size, size, h.device)
         r = 1 if self.dense_rest else 0  # layers from r on move rigidly
-        cos, sin, tx, ty = cos[:, r:], sin[:, r:], tx[:, r:], ty[:, r:]
-        dx = at(cos) * Px - at(sin) * Py + at(tx) - Px  # (B, K - r, size, size)
-        dy = at(sin) * Px + at(cos) * Py + at(ty) - Py
-        if self.dense_rest:  # layer 0: the dense field itself, upsampled as warp() would
+        motion = torch.stack([cos, sin, tx, ty], dim=-1)[:, r:]  # (B, K - r, 4)
+        return self.field(m, motion, flow), m, motion
+
+    def field(self, m, motion, flow):
+        """The displacement (B, 2, size, size) in px of layers m (B, K, size, size) moved by
+        motion (B, K - r, 4) (cos, sin, tx, ty); with dense_rest layer 0 moves by the dense
+        field flow (B, 2, n, n), upsampled as warp() would."""
+        size = m.shape[-1]
+        Px, Py = self._centred(size, size, m.device)
+        cos, sin, tx, ty = (_at(v) for v in motion.unbind(-1))  # (B, K - r, 1, 1) each
+        dx = cos * Px - sin * Py + tx - Px  # (B, K - r, size, size)
+        dy = sin * Px + cos * Py + ty - Py
+        if self.dense_rest:
             up = F.interpolate(flow.float(), size=(size, size), mode="bilinear", align_corners=False)
             dx, dy = torch.cat([up[:, 0:1], dx], 1), torch.cat([up[:, 1:2], dy], 1)
         return torch.stack([(m * dx).sum(1), (m * dy).sum(1)], dim=1)
+
+
+def _at(v):
+    return v[..., None, None]
+
+
+def compose(first, then):
+    """Rigid motions (..., 4) as (cos, sin, tx, ty), each mapping a pixel p (px from the frame
+    centre) to R p + t: the motion p -> first(then(p)). Used by anchored dreams: `then` takes a
+    dreamed frame to the previous one, `first` the previous one to the last real frame."""
+    c1, s1, x1, y1 = first.unbind(-1)
+    c2, s2, x2, y2 = then.unbind(-1)
+    return torch.stack([c1 * c2 - s1 * s2, s1 * c2 + c1 * s2, c1 * x2 - s1 * y2 + x1, s1 * x2 + c1 * y2 + y1], dim=-1)
 
 
 def warp(frame, flow, mode: str = "bilinear"):

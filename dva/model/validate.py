@@ -104,10 +104,8 @@ def rollout(model: DVA, x: torch.Tensor, actions: torch.Tensor, n_ctx: int, step
         ctx = model.observe(cache, x[:, t])
     out = []
     for t in range(n_ctx, T):
-        pred = model.sample(ctx, actions[:, t - 1], steps=steps, generator=g)
+        pred, ctx = model.dream(cache, ctx, actions[:, t - 1], steps=steps, generator=g, observe=t + 1 < T)
         out.append(pred)
-        if t + 1 < T:
-            ctx = model.observe(cache, pred)
     return torch.stack(out, dim=1)
 
 
@@ -175,7 +173,7 @@ def _flow_probe(model: DVA):
     flows: list = []
     hook = None
     if model.decoder.rigid is not None:
-        hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o))
+        hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o[0]))
     elif model.decoder.flow is not None:
         hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
     try:
