@@ -10,14 +10,15 @@ One call = one control step: encode a real frame, one transformer step on the ri
 README table is eager median / impl median within the same run.
 
 CPU (quick): tiny and s at batch 1, 4 sampler steps (s also at 1 step, with and without a warp
-head: `s+warp` the dense one, `s+body` the packaged one: 3 body layers, the T and
-disc rigid), on one torch thread as dva.control runs;
+head: `s+warp` the dense one, `s+body` 3 body layers, the T and disc rigid, `s+body+anchor`
+the same predicting from an anchored dream's context), on one torch thread as dva.control runs;
 compile only for tiny (its compile alone takes minutes for s on 2 cores); one eager row of s
 on 2 threads (`-t2`) shows why one thread is the default. CUDA: s and m at batch 1/64/256,
 1/2/4/8 steps.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -32,10 +33,11 @@ CUDA = torch.cuda.is_available()
 if CUDA:
     CASES = [(p, b, s) for p in ("s", "m") for b in (1, 64, 256) for s in (1, 2, 4, 8)]
 else:
-    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s+warp", 1, 1), ("s+body", 1, 1), ("s", 1, 4)]
+    CASES = [("tiny", 1, 4), ("s", 1, 1), ("s+warp", 1, 1), ("s+body", 1, 1), ("s+body+anchor", 1, 1), ("s", 1, 4)]
 THREADS = [(c, 1) for c in CASES] + ([] if CUDA else [(("s", 1, 4), 2)])
 IMPLS = ("eager", "compile", "dvakern")
-HEADS = {"warp": dict(warp=True), "body": dict(warp=True, warp_layers=3, body_masks=0.05)}  # "s+warp": preset s + that head
+HEADS = {"warp": dict(warp=True), "body": dict(warp=True, warp_layers=3, body_masks=0.05),  # "s+warp": preset s + that head
+         "anchor": dict(warp_anchor=True)}  # anchored dreams: the step predicts from a dreamed frame's context
 # batch-1 CPU prediction runs on one torch thread, as dva.control does (see conftest.one_cpu_thread)
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -71,8 +73,14 @@ def test_predict(benchmark, case, threads, impl):
     dev = torch.device("cuda" if CUDA else "cpu")
     model, idm, cache, frame, action, noise = _build(name, batch, dev)
 
+    # an anchored dream's context: the T and disc layers sample the last real frame (here: the
+    # frame itself) by a composed motion, one more warp per decoder call
+    motion = torch.tensor([math.cos(0.1), math.sin(0.1), 0.5, -0.5], device=dev).expand(batch, 2, 4)
+
     def step(frame, action, noise):
         ctx = model.observe(cache, frame)
+        if model.cfg.warp_anchor:
+            ctx.anchor, ctx.motion = frame, motion
         nxt = model.sample(ctx, action, steps=steps, noise=noise)
         return nxt, idm(frame, frame, nxt)
 
