@@ -133,3 +133,33 @@ def test_self_forcing_rolls_out_anchored_dreams_as_dream_does():
     states = torch.rand(2, T, 5) * torch.tensor([512.0, 512.0, 512.0, 512.0, 2 * math.pi])
     m(x, act, generator=torch.Generator().manual_seed(2), states=states).backward()
     assert m.decoder.flow.weight.grad.abs().sum() > 0 and m.decoder.rigid.mask.weight.grad.abs().sum() > 0
+
+
+def test_packaged_model_dreams_anchored_to_the_last_real_frame():
+    """The checkpoint that ships (what `python -m dva.control` loads) has anchored dreams on, and
+    a dream carries the real frame as its anchor: the T and disc of dream step 2 come from the
+    real frame, so switching the anchor off changes that frame (but not dream step 1)."""
+    from dva.checkpoint import load
+    from dva.pusht import render_frames
+
+    model, idm, meta = load()
+    assert model.cfg.warp_anchor and model.cfg.body_masks > 0 and idm is not None
+    real = model.from_frames(render_frames(torch.tensor([[300.0, 200.0, 256.0, 300.0, 0.6]])))
+    a = torch.tensor([[330.0, 230.0]])
+    noise = torch.randn(2, 1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    dreams = {}
+    for on in (True, False):
+        model.cfg.warp_anchor = on
+        with torch.no_grad():
+            cache = model.init_cache(1, "cpu")
+            ctx = model.observe(cache, real)
+            x1, ctx = model.dream(cache, ctx, a, noise=noise[0])
+            x2, _ = model.dream(cache, ctx, a, noise=noise[1], observe=False)
+        if on:
+            assert ctx.anchor is not None and torch.equal(ctx.anchor, real) and ctx.motion.shape == (1, 2, 4)
+        else:
+            assert ctx.anchor is None
+        dreams[on] = (x1, x2)
+    model.cfg.warp_anchor = True
+    torch.testing.assert_close(dreams[True][0], dreams[False][0], rtol=0, atol=0)
+    assert (dreams[True][1] - dreams[False][1]).abs().max() > 1e-3
