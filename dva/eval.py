@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dva.data.store import atomic_write_json
 from dva.pusht.policies import POLICIES
-from dva.pusht.protocol import MAX_STEPS, SEEDS, evaluate, parse_seeds
+from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seeds
 
 # Which CLI options become constructor kwargs for each policy (a policy not listed takes none),
 # and which policies never read pixels (their episodes run without rendering).
@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, choices=sorted(POLICIES),
                    help="policy to evaluate (registry: dva.pusht.policies.POLICIES)")
-    p.add_argument("--seeds", default=f"{SEEDS[0]}:{SEEDS[-1] + 1}",
-                   help="env seeds, 'START:STOP' (half-open) or 'a,b,c' (default: the protocol's 50)")
+    p.add_argument("--seeds", default="protocol",
+                   help=f"env seeds: 'protocol' ({SEEDS[0]}:{SEEDS[-1] + 1}, for reporting; the default), 'dev' "
+                        f"({DEV_SEEDS[0]}:{DEV_SEEDS[-1] + 1}, for choosing models), 'START:STOP' (half-open) or 'a,b,c'")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one episode each at a time)")
     p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps per episode (protocol: 300)")
     p.add_argument("--out", type=Path, default=None,
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        seeds = parse_seeds(args.seeds)
+        named = {"protocol": SEEDS, "dev": DEV_SEEDS}
+        seeds = list(named[args.seeds]) if args.seeds in named else parse_seeds(args.seeds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -81,6 +83,11 @@ def main(argv=None) -> int:
           f"({res['n_episodes']} episodes, gym-pusht {res['gym_pusht_version']}, "
           f"mean steps to success {steps if steps is None else f'{steps:.1f}'}, "
           f"{res['wall_seconds']:.0f} s with {args.workers} workers) -> {args.out}")
+    b = res["behaviour"]
+    contact = b["mean_first_contact_step"]
+    print(f"  behaviour: parked {b['parked']:.0%}, T against a wall {b['t_against_wall']:.0%}, never touched "
+          f"the T {b['never_touched_t']:.0%}, first contact at step "
+          f"{'-' if contact is None else f'{contact:.0f}'}, final pose error {b['mean_final_pose_err_px']:.0f} px")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Protocol metric math on hand-made coverage traces, evaluate() with workers, the CLI."""
 import json
 
+import numpy as np
 import pytest
 
 from dva.pusht.protocol import SEEDS, episode_trace_metrics, evaluate, parse_seeds, summarize
@@ -73,8 +74,8 @@ def test_eval_cli_writes_json(tmp_path, capsys):
     assert {"score", "success", "gym_pusht_version"} <= d.keys()
     assert [e["seed"] for e in d["episodes"]] == [100000, 100001]
     assert all({"seed", "max_coverage", "steps"} <= e.keys() for e in d["episodes"])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("random: score")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("random: score") and lines[-1].strip().startswith("behaviour: parked")
     assert main(["--policy", "random", "--seeds", "x", "--quiet"]) == 2
 
 
@@ -85,3 +86,44 @@ def test_eval_cli_writes_json_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--policy", "random", "--seeds", "100000", "--max-steps", "5", "--quiet"]) == 0
     assert json.loads((tmp_path / "runs" / "eval_random.json").read_text())["episodes"][0]["steps"] == 5
+
+
+def test_episode_behaviour_on_hand_made_states():
+    """parked = the disc under 2 px/step for 20+ steps in a row; T against a wall = a T corner
+    within 3 px of a wall's inner face; first contact = the first step that moved the T; pose
+    error = the T's mean corner distance to the goal."""
+    from dva.pusht.protocol import episode_behaviour
+    from dva.pusht.sim import GOAL_POSE
+
+    T = 40
+    s = np.zeros((T + 1, 5))
+    s[:, 0] = np.concatenate([np.arange(11) * 10.0, np.full(T - 10, 100.0)]) + 50  # moves 10 steps, then rests
+    s[:, 1] = 100.0
+    s[:, 2:5] = GOAL_POSE
+    s[25:, 2] += 1.0  # pushed 1 px at step 25
+    b = episode_behaviour(s)
+    assert b["parked"] and b["parked_max_steps"] == T - 10
+    assert b["first_contact_step"] == 25 and not b["t_against_wall"]
+    assert b["best_pose_err_px"] == pytest.approx(0.0) and b["final_pose_err_px"] == pytest.approx(1.0)
+    s[:, 0] = np.arange(T + 1) * 2.5 + 50  # 2.5 px/step throughout: never parked
+    assert not episode_behaviour(s)["parked"]
+    s[30:, 2:5] = [60.0, 250.0, 0.0]  # the T's bar spans x 0..120: into the left wall
+    b = episode_behaviour(s)
+    assert b["t_against_wall"] and b["t_at_wall_steps"] == T + 1 - 30
+    s[:, 2:5] = GOAL_POSE
+    assert episode_behaviour(s)["first_contact_step"] is None
+
+
+def test_eval_json_has_the_failure_breakdown_and_dev_seeds(tmp_path, capsys):
+    from dva.eval import main
+    from dva.pusht.protocol import DEV_SEEDS
+
+    assert not set(DEV_SEEDS) & set(SEEDS)
+    out = tmp_path / "e.json"
+    assert main(["--policy", "goal", "--seeds", "dev", "--max-steps", "30", "--out", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    assert [e["seed"] for e in d["episodes"]] == list(DEV_SEEDS)
+    keys = {"parked", "t_against_wall", "first_contact_step", "final_pose_err_px"}
+    assert all(keys <= e.keys() for e in d["episodes"])
+    assert 0 <= d["behaviour"]["parked"] <= 1 and d["behaviour"]["mean_final_pose_err_px"] > 0
+    assert "behaviour: parked" in capsys.readouterr().out

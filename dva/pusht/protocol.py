@@ -12,9 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from dva.pusht.env import SUCCESS_COVERAGE, PushTEnv, gym_pusht_version
+from dva.pusht.sim import outline_world, vertex_error
 
 SEEDS = tuple(range(100000, 100050))
+DEV_SEEDS = tuple(range(500000, 500050))  # development seeds: choose models here, report on SEEDS
 MAX_STEPS = 300
+PARKED_SPEED, PARKED_STEPS = 2.0, 20  # "parked": the disc under 2 px/step for 20+ steps in a row
+WALL_INNER = (7.0, 504.0)  # inner faces of gym-pusht's walls (segments at 5 / 506, radius 2)
+WALL_TOUCH_PX = 3.0  # a T corner this close to a wall counts as "T against the wall"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -53,6 +58,39 @@ def episode_trace_metrics(coverage_trace) -> dict:
             "success_step": int(hit[0]) + 1 if hit.size else None}
 
 
+def episode_behaviour(states) -> dict:
+    """How an episode went, from its states (T+1, 5), so a regression shows without a video:
+    the longest run of steps with the disc slower than PARKED_SPEED px/step (`parked` if it
+    reaches PARKED_STEPS), the steps with a T corner within WALL_TOUCH_PX of a wall (gym-pusht
+    starts the T well inside, so any is the policy's doing), the first step that moved the T (the
+    block moves only while pushed; None: never touched) and the T's mean corner distance from the
+    goal at the end and at its best (px)."""
+    s = np.asarray(states, dtype=np.float64)
+    slow = np.linalg.norm(np.diff(s[:, :2], axis=0), axis=1) < PARKED_SPEED
+    run = longest = 0
+    for v in slow:
+        run = run + 1 if v else 0
+        longest = max(longest, run)
+    corners = outline_world(s[:, 2:5])  # (T+1, 8, 2)
+    gap = np.minimum(corners - WALL_INNER[0], WALL_INNER[1] - corners).min(axis=(1, 2))
+    moved = np.nonzero(np.abs(s[1:, 2:5] - s[0, 2:5]).max(axis=1) > 1e-6)[0]
+    err = vertex_error(s[:, 2:5])
+    return {"parked_max_steps": int(longest), "parked": bool(longest >= PARKED_STEPS),
+            "t_at_wall_steps": int((gap < WALL_TOUCH_PX).sum()), "t_against_wall": bool((gap < WALL_TOUCH_PX).any()),
+            "first_contact_step": int(moved[0]) + 1 if moved.size else None,
+            "final_pose_err_px": float(err[-1]), "best_pose_err_px": float(err.min())}
+
+
+def behaviour_summary(episodes: list[dict]) -> dict:
+    """Fractions and means of episode_behaviour over episodes (each dict has its keys)."""
+    contact = [e["first_contact_step"] for e in episodes if e["first_contact_step"] is not None]
+    return {"parked": float(np.mean([e["parked"] for e in episodes])),
+            "t_against_wall": float(np.mean([e["t_against_wall"] for e in episodes])),
+            "never_touched_t": float(np.mean([e["first_contact_step"] is None for e in episodes])),
+            "mean_first_contact_step": float(np.mean(contact)) if contact else None,
+            "mean_final_pose_err_px": float(np.mean([e["final_pose_err_px"] for e in episodes]))}
+
+
 @dataclass
 class EpisodeResult:
     seed: int
@@ -60,11 +98,12 @@ class EpisodeResult:
     steps: int
     success: bool
     seconds: float
+    behaviour: dict
 
     def as_dict(self) -> dict:
         return {"seed": self.seed, "max_coverage": self.max_coverage, "steps": self.steps,
                 "success": self.success, "score": episode_score(self.max_coverage),
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), **self.behaviour}
 
 
 def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int = MAX_STEPS,
@@ -74,7 +113,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
     t0 = time.perf_counter()
     obs, info = env.reset(seed)
     policy.reset(seed)
-    covs = []
+    covs, states = [], [obs["state"]]
     traj = {"states": [obs["state"]], "agent_vel": [obs["agent_vel"]], "actions": [],
             "coverage": [info["coverage"]], "frames": [obs.get("pixels")]} if record else None
     steps = 0
@@ -82,6 +121,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         action = np.asarray(policy.act(obs), dtype=np.float64).reshape(2)
         obs, _, terminated, _, info = env.step(action)
         covs.append(info["coverage"])
+        states.append(obs["state"])
         if record:
             traj["actions"].append(action), traj["states"].append(obs["state"])
             traj["agent_vel"].append(obs["agent_vel"]), traj["coverage"].append(info["coverage"])
@@ -89,7 +129,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         if terminated:
             break
     res = EpisodeResult(int(seed), float(max(covs)), steps, bool(max(covs) > SUCCESS_COVERAGE),
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, episode_behaviour(states))
     return (res, traj) if record else res
 
 
@@ -151,6 +191,7 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
         "mean_steps_to_success": float(np.mean(succ_steps)) if succ_steps else None,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "workers": workers,
+        "behaviour": behaviour_summary([r.behaviour for r in results]),
         "episodes_detail": [r.as_dict() for r in results],
     })
     return summary
