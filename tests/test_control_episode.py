@@ -221,3 +221,37 @@ def test_eval_cli_takes_a_checkpoint_stem(tiny_ckpt, tmp_path, capsys):
     assert json.loads(out.read_text())["episodes"][0]["steps"] == 2
     assert main(["--policy", "dva", "--checkpoint", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_openloop_scores_plans_against_the_expert(tiny_ckpt, tmp_path, capsys):
+    """dva.openloop on real expert episodes: a JSON row per free horizon step with the plan and the
+    three baselines; the 'stay' baseline is recomputed here from the dataset by hand."""
+    from dva.collect import main as collect
+    from dva.data.store import load_dataset
+    from dva.openloop import baselines
+    from dva.openloop import main as openloop
+
+    data = tmp_path / "expert_dev"
+    assert collect(["--policy", "expert", "--episodes", "2", "--seed", "600000", "--max-steps", "24",
+                    "--out", str(data)]) == 0
+    out = tmp_path / "ol.json"
+    assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "3", "--committed", "1",
+                     "--every", "4", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    assert [r["step"] for r in d["per_step"]] == [1, 2]
+    ds = load_dataset(data, frames=False)
+    stay = []
+    for e in range(len(ds.steps)):
+        a = ds.episode_arrays(e)
+        for t in range(0, len(a["actions"]) - 3 + 1, 4):
+            stay.append(np.linalg.norm(a["actions"][t + 1] - a["states"][t, :2]))
+    assert d["samples"] == len(stay)
+    assert d["stay_px"] == pytest.approx(np.mean(stay)) and d["per_step"][0]["stay"]["n"] == len(stay)
+    assert d["first_free_px"] == d["per_step"][0]["plan"]["px_mean"] > 0 and d["idm_real_px"] > 0
+    assert "first free action" in capsys.readouterr().out
+    b = baselines(np.array([[10.0, 10, 0, 0, 0]] * 4), np.array([[0.0, 0], [4, 2], [6, 3]]), 2, 2)
+    assert b["stay"].tolist() == [[10, 10], [10, 10]] and b["last"].tolist() == [[4, 2], [4, 2]]
+    assert b["constvel"].tolist() == [[8, 4], [12, 6]]
+    assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "2", "--committed", "2"]) == 2
+    assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
