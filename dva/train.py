@@ -31,7 +31,7 @@ from dva.data.loader import MixtureSchedule, SequenceLoader
 from dva.data.store import DatasetError
 from dva.model.config import DVAConfig
 from dva.model.dva import DVA, param_count
-from dva.model.frames import from_frames
+from dva.model.frames import from_frames, norm_action
 from dva.model.idm import IDM
 from dva.model.validate import dream_strip, validate
 from dva.train_args import TrainConfig, make_schedule, model_config, parse_args, parse_sources  # noqa: F401
@@ -56,10 +56,18 @@ class Trainee(nn.Module):
     def forward(self, x, actions, generator=None, states=None):
         out = {}
         if self.dva is not None:
-            out["loss_dva"] = self.dva(x, actions, generator=generator, states=states)
+            out["loss_dva"] = self.dva(x, actions, generator=generator, states=states,
+                                       action_reader=self._frozen_idm if self.idm is not None else None)
         if self.idm is not None:
             out["loss_idm"], out["idm_err_px"] = self.idm.loss(x, actions)
         return out
+
+
+    def _frozen_idm(self, prev, cur, nxt):
+        """The IDM as DVAConfig.policy_loss reads the free dream: gradients reach the frames, not its
+        weights (they learn from real frames only, in loss_idm)."""
+        params = {k: v.detach() for k, v in self.idm.named_parameters()}
+        return norm_action(torch.func.functional_call(self.idm, params, (prev, cur, nxt)))
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -97,7 +105,7 @@ VAL_SEED = 0
 # config fields that only change the loss or inference, not the weights: --init may change them
 # (warp_interp and warp_anchor change the forward pass but no weight: a fine-tune learns them)
 # (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "sampler_steps", "backend", "warp_interp", "warp_anchor")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "policy_loss", "sampler_steps", "backend", "warp_interp", "warp_anchor")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

@@ -51,6 +51,8 @@ class TrainConfig:
     warp_loss: float = 0.0
     flow_loss: float = 0.0
     body_masks: float = 0.0
+    action_dropout: float = 0.25
+    policy_loss: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -110,6 +112,10 @@ HELP = {
     "body_masks": "weight of a cross-entropy loss that makes --warp-layers 3 the bodies of a frame (static scene, "
                   "T, disc; from the sources' states): the T and the disc move rigidly, the rest keeps the dense "
                   "field; 0: off",
+    "action_dropout": "probability that a training sample's action is hidden: those samples train the free dream "
+                      "(what the expert would do), i.e. the policy; the rest train the action-conditioned dream",
+    "policy_loss": "weight of the free dream's action loss: the IDM (frozen for it) reads each freely predicted "
+                   "frame and its action is compared with the data's (needs --model both); 0: off",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -181,6 +187,8 @@ def parse_args(argv=None) -> TrainConfig:
         p.error("--resume and --init exclude each other: --resume continues a run, --init starts a new one")
     if cfg.motion_weight < 0:
         p.error(f"--motion-weight must be >= 0, got {cfg.motion_weight}")
+    if cfg.policy_loss and cfg.model != "both":
+        p.error("--policy-loss reads the free dream with the IDM being trained: it needs --model both")
     if cfg.lr <= 0:
         p.error(f"--lr must be > 0, got {cfg.lr}")
     try:
@@ -204,7 +212,8 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
                   warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,
                   warp_anchor=cfg.warp_anchor, warp_loss=cfg.warp_loss,
-                  flow_loss=cfg.flow_loss, body_masks=cfg.body_masks)
+                  flow_loss=cfg.flow_loss, body_masks=cfg.body_masks,
+                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss)
 
 
 def parse_sources(items) -> dict[str, str]:

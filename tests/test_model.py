@@ -579,3 +579,43 @@ def test_validate_scores_the_body_layers_against_the_next_frames_t():
     assert abs(met["mask_iou_t"] - 1.0) < 1e-6
     m.decoder.rigid.mask = Fixed(torch.zeros_like(true))  # all static: the zero-initialised masks
     assert validate(m, None, x, act, n_ctx=2, steps=1, states=states)[0]["mask_iou_t"] == 0.0
+
+
+def test_policy_loss_reads_the_free_dream_through_a_frozen_idm():
+    """policy_loss adds the L1 (in [-1, 1] units, weighted by 1 - tau) between the action the IDM
+    reads off each freely predicted frame (frames t-1, t as seen; frame t again at t = 0) and the
+    data's action, on the samples whose action was hidden; its gradient reaches the video model,
+    never the IDM."""
+    from dva.train import Trainee
+
+    torch.manual_seed(0)
+    cfg = tiny(loss="l1", action_dropout=0.5, policy_loss=2.0)
+    net = Trainee(cfg, "both").train()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, act = seq(2, 5), torch.rand(2, 5, 2) * 512
+    got = {}
+    h = net.dva.decoder.register_forward_hook(lambda mod, inp, out: got.update(inp=inp, out=out))
+    loss = net(x, act, generator=torch.Generator().manual_seed(1))["loss_dva"]
+    h.remove()
+    base = DVA(dataclasses.replace(cfg, policy_loss=0.0)).train()
+    base.load_state_dict(net.dva.state_dict())
+    loss0 = base(x, act, generator=torch.Generator().manual_seed(1))  # the same tau, noise and dropout
+    tau, keep, x_hat = got["inp"][1], got["inp"][6], got["out"][0]
+    free = ~keep
+    assert free.any() and keep.any()
+    prev, cur = torch.cat([x[:, :1], x[:, :-2]], 1).flatten(0, 1), x[:, :-1].flatten(0, 1)
+    with torch.no_grad():
+        read = norm_action(net.idm(prev[free], cur[free], x_hat[free]))
+    w = (1 - tau[free])[:, None]
+    term = ((read - norm_action(act[:, :-1].flatten(0, 1))[free]).abs() * w).sum() / (w.sum() * 2)
+    assert term > 1e-3
+    torch.testing.assert_close(loss, loss0 + 2.0 * term, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in net.idm.parameters()), "the policy loss must not train the IDM"
+    assert float(net.dva.decoder.stem.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="action_reader"):
+        net.dva(x, act)
+    with pytest.raises(ValueError, match="action_dropout"):
+        tiny(policy_loss=1.0, action_dropout=0.0)

@@ -64,6 +64,14 @@ class DVAConfig:
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
     motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
     action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
+    # weight of the free dream's action loss (training only): where the action is hidden, the IDM
+    # (frozen: no gradient reaches its weights) reads the predicted next frame and its action is
+    # compared (L1, [-1, 1] units, weighted by 1 - tau) with the one the data took. Why: the free
+    # dream *is* the policy, and a pixel loss says nothing useful about a disc dreamed a few pixels
+    # from where the expert put it (two ~3 px blobs that do not overlap: the same loss at any
+    # distance), so it learns to hedge ("stay", or a fading disc); read through the IDM the error
+    # is a distance in the action space, with a gradient that points to the expert's choice
+    policy_loss: float = 0.0
     # context noise augmentation (training only): each context frame gets Gaussian noise of a
     # std drawn from U(0, ctx_noise), so the model learns to predict from imperfect frames (its
     # own dreams, in autoregressive rollouts) instead of amplifying their errors
@@ -123,6 +131,11 @@ class DVAConfig:
             raise ValueError("warp_anchor needs body_masks > 0 (layers 1 and 2 must be the T and the disc)")
         if self.warp_interp not in WARP_INTERPS:
             raise ValueError(f"warp_interp must be one of {WARP_INTERPS}, got {self.warp_interp!r}")
+        if not 0 <= self.action_dropout <= 1:
+            raise ValueError(f"action_dropout must be in [0, 1], got {self.action_dropout}")
+        if self.policy_loss < 0 or (self.policy_loss and not self.action_dropout):
+            raise ValueError(f"policy_loss must be >= 0 and needs action_dropout > 0 (it trains the free dream), got "
+                             f"{self.policy_loss} (action_dropout={self.action_dropout})")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
         if self.backend not in ("ref", "triton", "auto"):

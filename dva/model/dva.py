@@ -74,13 +74,14 @@ class DVA(nn.Module):
         out = self.transformer(tok.reshape(B, T * N, -1), N)  # (B, T*N, D)
         return Context(out.view(B * T, N, -1), feats, x.flatten(0, 1))
 
-    def forward(self, x, actions, generator=None, states=None):
+    def forward(self, x, actions, generator=None, states=None, action_reader=None):
         """Flow-matching loss. x: (B, L, 3, H, W) in [-1, 1]; actions: (B, L, 2) pixel units
         (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
         with an independent noise level. The loss is on the predicted clean frame (x-prediction:
         the velocity loss weighted by (1 - tau)^2, which keeps it bounded near tau = 1).
         states (B, L, 5): the gym-pusht states of the frames, needed only by cfg.flow_loss and cfg.body_masks.
-        Returns the scalar loss."""
+        action_reader(prev, cur, nxt) -> (n, 2) actions in [-1, 1] (a frozen IDM), needed only by
+        cfg.policy_loss. Returns the scalar loss."""
         B, L = x.shape[:2]
         if L < 2:
             raise ValueError(f"training needs sequences of at least 2 frames, got L={L}")
@@ -121,7 +122,23 @@ class DVA(nn.Module):
             loss = loss + self.cfg.flow_loss * self._flow_loss(disp, states)
         if self.cfg.body_masks:
             loss = loss + self.cfg.body_masks * self._mask_loss(logits, states)
+        if self.cfg.policy_loss:
+            loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
         return loss
+
+    def _policy_loss(self, seen, x_hat, act, free, tau, action_reader):
+        """L1 between the action read off each freely predicted frame (frames t-1, t as the model
+        saw them; frame t again at t = 0) and the action the data took, weighted by 1 - tau (at
+        tau -> 1 the prediction has seen the target)."""
+        if action_reader is None:
+            raise ValueError("policy_loss needs an action_reader (the IDM: train with --model both)")
+        prev = torch.cat([seen[:, :1], seen[:, :-1]], dim=1).flatten(0, 1)  # (n, 3, H, W) frame t-1
+        cur = seen.flatten(0, 1)
+        if not free.any():
+            return x_hat.sum() * 0.0
+        read = action_reader(prev[free], cur[free], x_hat[free])  # (f, 2) in [-1, 1]
+        w = (1 - tau[free]).view(-1, 1)
+        return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
 
     def _pixel_loss(self, pred, target, w):
         err = pred.float() - target.float()
