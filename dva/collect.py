@@ -7,6 +7,14 @@ a deterministic function of its config. Re-running the same command resumes: sha
 the manifest are kept and only missing episodes are collected (an interrupt loses at most the
 shards in flight); re-running with a larger --episodes extends the dataset. State-only shards
 by default (the loader re-renders frames exactly); --frames also stores gym-pusht's pixels.
+
+Recovery data (DAgger for a video policy): with --start-states FILE (an .npz of `states` (N, 5)
+and `agent_vel` (N, 2), e.g. written by `python -m dva.eval --policy dva --states-out FILE`),
+episode i starts from row i of that file instead of the seed's random start, so the privileged
+expert shows the way back from the states a learned policy actually visits:
+
+    python -m dva.eval --policy dva --seeds 700000:700050 --states-out runs/visited.npz
+    python -m dva.collect --policy expert --start-states runs/visited.npz --episodes 500 --out data/recovery
 """
 from __future__ import annotations
 
@@ -31,16 +39,35 @@ class CollectConfig:
     shard_size: int = 4           # episodes per shard: the most an interrupt loses per worker
     frames: bool = False          # also store gym-pusht's 96x96 pixels
     policy_kwargs: dict = field(default_factory=dict)
+    start_states: str = ""        # .npz of start states (row i starts episode i); "" = the seed's start
+    start_states_sha256: str = ""  # of that file: a resumed run must start from the same states
 
     # a resumed run must agree on everything that shapes the data
     def identity(self) -> dict:
         return asdict(self)
 
 
-def collect_episode(policy, env, seed: int, max_steps: int) -> Episode:
+def load_start_states(path) -> dict[str, np.ndarray]:
+    """The arrays of a --start-states file, checked; DatasetError naming the file and the reason."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: np.asarray(z[k], dtype=np.float64) for k in ("states", "agent_vel")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetError(f"--start-states {path}: cannot read the 'states' and 'agent_vel' arrays ({e})") from None
+    n = len(d["states"])
+    if d["states"].shape != (n, 5) or d["agent_vel"].shape != (n, 2) or not n:
+        raise DatasetError(f"--start-states {path}: need states (N, 5) and agent_vel (N, 2) with N >= 1, got "
+                           f"{d['states'].shape} and {d['agent_vel'].shape}")
+    if not (np.isfinite(d["states"]).all() and np.isfinite(d["agent_vel"]).all()):
+        raise DatasetError(f"--start-states {path}: non-finite values")
+    return d
+
+
+def collect_episode(policy, env, seed: int, max_steps: int, start=None) -> Episode:
     from dva.pusht.protocol import run_episode
 
-    _, tr = run_episode(policy, seed, env, max_steps, record=True)
+    _, tr = run_episode(policy, seed, env, max_steps, record=True, start=start)
     return Episode(seed=seed, states=np.stack(tr["states"]), agent_vel=np.stack(tr["agent_vel"]),
                    actions=np.stack(tr["actions"]), coverage=np.asarray(tr["coverage"], np.float32),
                    frames=np.stack(tr["frames"]) if tr["frames"][0] is not None else None)
@@ -59,8 +86,11 @@ def _collect_shard(task) -> dict:
     key = repr(sorted(cfg_dict.items()))
     if _WORKER.get("key") != key:
         _WORKER.update(key=key, policy=make_policy(cfg.policy, **cfg.policy_kwargs),
-                       env=PushTEnv(pixels=cfg.frames))
-    eps = [collect_episode(_WORKER["policy"], _WORKER["env"], cfg.seed + i, cfg.max_steps)
+                       env=PushTEnv(pixels=cfg.frames),
+                       starts=load_start_states(cfg.start_states) if cfg.start_states else None)
+    st = _WORKER["starts"]
+    eps = [collect_episode(_WORKER["policy"], _WORKER["env"], cfg.seed + i, cfg.max_steps,
+                           None if st is None else (st["states"][i], st["agent_vel"][i]))
            for i in range(first, first + n)]
     return write_shard(Path(out) / shard_name(first), first, eps)
 
@@ -196,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps per episode (ends early at success)")
     p.add_argument("--shard-size", type=int, default=4, help="episodes per shard file")
     p.add_argument("--frames", action="store_true", help="also store gym-pusht's 96x96 uint8 frames")
+    p.add_argument("--start-states", type=Path, default=None,
+                   help="recovery data: an .npz of states (N, 5) and agent_vel (N, 2) (`python -m dva.eval "
+                        "--states-out`); episode i starts from row i, so --episodes <= N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -206,8 +239,21 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
+    start = {}
+    if args.start_states is not None:
+        from dva.data.store import sha256_file
+
+        try:
+            n = len(load_start_states(args.start_states)["states"])
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.episodes > n:
+            print(f"error: --episodes {args.episodes} > the {n} start states in {args.start_states}", file=sys.stderr)
+            return 2
+        start = {"start_states": str(args.start_states.resolve()), "start_states_sha256": sha256_file(args.start_states)}
     cfg = CollectConfig(policy=args.policy, seed=args.seed, max_steps=args.max_steps,
-                        shard_size=args.shard_size, frames=args.frames)
+                        shard_size=args.shard_size, frames=args.frames, **start)
 
     def stop(signum, frame):  # SIGTERM (and SIGINT in background jobs, where it is ignored)
         raise KeyboardInterrupt

@@ -39,8 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")
+    p.add_argument("--states-out", type=Path, default=None,
+                   help="also write the states the policy visited (every --states-every steps of every "
+                        "episode) to this .npz: start states for `python -m dva.collect --start-states` "
+                        "(recovery data: the expert taking over where this policy goes)")
+    p.add_argument("--states-every", type=int, default=5, help="step stride of --states-out (default: 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def write_start_states(path: Path, results, every: int) -> int:
+    """Every `every`-th visited state (and the disc's velocity there) of each episode, with its
+    seed and step, as an .npz (written atomically). Returns the number of states."""
+    import numpy as np
+
+    from dva.data.store import atomic_write_bytes
+
+    rows = {"states": [], "agent_vel": [], "seed": [], "step": []}
+    for r in results:
+        k = np.arange(0, len(r.states) - 1, every)  # not the last state: the episode ended there
+        rows["states"].append(r.states[k]), rows["agent_vel"].append(r.agent_vel[k])
+        rows["seed"].append(np.full(len(k), r.seed)), rows["step"].append(k)
+    arrays = {name: np.concatenate(v) for name, v in rows.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    return len(arrays["states"])
 
 
 def main(argv=None) -> int:
@@ -50,6 +73,9 @@ def main(argv=None) -> int:
         seeds = list(named[args.seeds]) if args.seeds in named else parse_seeds(args.seeds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.states_every < 1:
+        print(f"error: --states-every must be >= 1, got {args.states_every}", file=sys.stderr)
         return 2
     if args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
@@ -66,13 +92,17 @@ def main(argv=None) -> int:
     pixels = args.render or args.policy not in PRIVILEGED
     try:
         res = evaluate(args.policy, seeds, workers=args.workers, max_steps=args.max_steps,
-                       pixels=pixels, progress=not args.quiet, policy_kwargs=kwargs)
+                       pixels=pixels, progress=not args.quiet, policy_kwargs=kwargs,
+                       keep_states=args.states_out is not None)
     except ValueError as e:  # unknown/unloadable policy, bad kwargs
         print(f"error: {e}", file=sys.stderr)
         return 2
     res = {"policy": args.policy, "seeds": args.seeds, **{k: str(v) for k, v in kwargs.items()},
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **res}
     res["episodes"] = res.pop("episodes_detail")
+    if args.states_out is not None:
+        n = write_start_states(args.states_out, res.pop("results"), args.states_every)
+        res["states_out"] = {"file": str(args.states_out), "states": n, "every": args.states_every}
     res["n_episodes"] = len(res["episodes"])
     if args.out is None:  # a 10-minute protocol run is never thrown away for a missing flag
         args.out = Path("runs") / f"eval_{args.policy}.json"

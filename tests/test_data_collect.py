@@ -90,3 +90,37 @@ def test_frames_option(tmp_path):
 
     mine = render_frames(torch.from_numpy(ds.states)).numpy()
     assert (mine != ds.frames).any(-1).mean() < 1e-3
+
+
+def test_recovery_data_starts_where_the_visited_states_file_says(tmp_path, capsys):
+    """eval --states-out writes the states a policy visited; collect --start-states starts episode i
+    from row i of it (the state, to pymunk's float round trip, and the disc's velocity), and a changed file is refused
+    on resume, an unreadable one named."""
+    from dva.eval import main as evaluate
+
+    visited = tmp_path / "visited.npz"
+    assert evaluate(["--policy", "random", "--seeds", "700000:700002", "--max-steps", "25", "--states-every", "10",
+                     "--states-out", str(visited), "--out", str(tmp_path / "e.json"), "--quiet"]) == 0
+    z = np.load(visited)
+    assert z["states"].shape == (6, 5) and z["step"].tolist() == [0, 10, 20] * 2
+    assert z["seed"].tolist() == [700000] * 3 + [700001] * 3
+    assert json.loads((tmp_path / "e.json").read_text())["states_out"]["states"] == 6
+    out = tmp_path / "recovery"
+    assert main(["--policy", "random", "--start-states", str(visited), "--episodes", "6", "--max-steps", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    ds = load_dataset(out, frames=False)
+    for i in range(6):
+        a = ds.episode_arrays(i)
+        np.testing.assert_allclose(a["states"][0], z["states"][i], rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(a["agent_vel"][0], z["agent_vel"][i])
+    capsys.readouterr()
+    assert main(["--policy", "random", "--start-states", str(visited), "--episodes", "7", "--out", str(out)]) == 2
+    assert "7 > the 6 start states" in capsys.readouterr().err
+    np.savez(visited, states=z["states"][::-1], agent_vel=z["agent_vel"][::-1])  # other states, same path
+    assert main(["--policy", "random", "--start-states", str(visited), "--episodes", "6", "--max-steps", "5",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "start_states_sha256" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    assert main(["--policy", "random", "--start-states", str(tmp_path / "bad.npz"), "--episodes", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "bad.npz" in capsys.readouterr().err

@@ -99,6 +99,8 @@ class EpisodeResult:
     success: bool
     seconds: float
     behaviour: dict
+    states: np.ndarray | None = None  # (T+1, 5) and (T+1, 2): the states visited (evaluate(keep_states=True))
+    agent_vel: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         return {"seed": self.seed, "max_coverage": self.max_coverage, "steps": self.steps,
@@ -107,13 +109,16 @@ class EpisodeResult:
 
 
 def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int = MAX_STEPS,
-                record: bool = False):
-    """Run one protocol episode; with record=True also return the trajectory arrays."""
+                record: bool = False, start=None):
+    """Run one protocol episode; with record=True also return the trajectory arrays. start:
+    (state (5,), agent_vel (2,)) to begin from instead of the seed's random start (recovery data)."""
     env = env or PushTEnv(pixels=True)
     t0 = time.perf_counter()
     obs, info = env.reset(seed)
+    if start is not None:
+        obs, info = env.reset_to_state(*start)
     policy.reset(seed)
-    covs, states = [], [obs["state"]]
+    covs, states, vels = [], [obs["state"]], [obs["agent_vel"]]
     traj = {"states": [obs["state"]], "agent_vel": [obs["agent_vel"]], "actions": [],
             "coverage": [info["coverage"]], "frames": [obs.get("pixels")]} if record else None
     steps = 0
@@ -121,7 +126,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         action = np.asarray(policy.act(obs), dtype=np.float64).reshape(2)
         obs, _, terminated, _, info = env.step(action)
         covs.append(info["coverage"])
-        states.append(obs["state"])
+        states.append(obs["state"]), vels.append(obs["agent_vel"])
         if record:
             traj["actions"].append(action), traj["states"].append(obs["state"])
             traj["agent_vel"].append(obs["agent_vel"]), traj["coverage"].append(info["coverage"])
@@ -129,32 +134,37 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         if terminated:
             break
     res = EpisodeResult(int(seed), float(max(covs)), steps, bool(max(covs) > SUCCESS_COVERAGE),
-                        time.perf_counter() - t0, episode_behaviour(states))
+                        time.perf_counter() - t0, episode_behaviour(states), np.asarray(states), np.asarray(vels))
     return (res, traj) if record else res
 
 
 def _worker_episode(args):
     """Pool task: build the policy by registry name in this process, run one seed."""
-    name, kwargs, seed, max_steps, pixels = args
+    name, kwargs, seed, max_steps, pixels, keep_states = args
     from dva.pusht.policies import make_policy
 
     global _CACHE
     key = (name, tuple(sorted(kwargs.items())), pixels)
     if _CACHE.get("key") != key:
         _CACHE = {"key": key, "policy": make_policy(name, **kwargs), "env": PushTEnv(pixels=pixels)}
-    return run_episode(_CACHE["policy"], seed, _CACHE["env"], max_steps)
+    res = run_episode(_CACHE["policy"], seed, _CACHE["env"], max_steps)
+    if not keep_states:  # (not sent back across the process boundary)
+        res.states = res.agent_vel = None
+    return res
 
 
 _CACHE: dict = {}
 
 
 def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
-             pixels: bool = True, progress: bool = True, policy_kwargs: dict | None = None) -> dict:
+             pixels: bool = True, progress: bool = True, policy_kwargs: dict | None = None,
+             keep_states: bool = False) -> dict:
     """Evaluate a policy on the protocol.
 
     policy: a registry name (dva.pusht.policies.POLICIES; any number of worker processes) or a
     policy object (runs in this process; workers must be 1). pixels=False skips rendering for
-    privileged policies that never read obs["pixels"] (same physics, much faster).
+    privileged policies that never read obs["pixels"] (same physics, much faster). keep_states:
+    the summary's "results" holds the EpisodeResults with the states each episode visited.
     """
     from tqdm import tqdm
 
@@ -163,7 +173,7 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
     bar = tqdm(total=len(seeds), desc="eval", unit="ep", disable=not progress)
     results = []
     if isinstance(policy, str):
-        tasks = [(policy, policy_kwargs or {}, s, max_steps, pixels) for s in seeds]
+        tasks = [(policy, policy_kwargs or {}, s, max_steps, pixels, keep_states) for s in seeds]
         if workers <= 1:
             for t in tasks:
                 results.append(_worker_episode(t))
@@ -194,4 +204,6 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
         "behaviour": behaviour_summary([r.behaviour for r in results]),
         "episodes_detail": [r.as_dict() for r in results],
     })
+    if keep_states:
+        summary["results"] = results
     return summary
