@@ -11,9 +11,10 @@ each read by the IDM. For each horizon step the JSON reports how far the planned
 the expert's (px in the 512-px action space, mean and median), the direction agreement (cosine of
 the pointer's offset from the disc, where the expert's is over 5 px) and the offset's length ratio
 (0: the plan says "stay"; 1: it moves as far as the expert), beside three baselines that read no
-frames: "stay" (the pointer on the disc at t), "last" (repeat the last executed action) and
-"constvel" (continue the last two actions' velocity), and the IDM on the real frames (the error
-the plan would have if it dreamed the expert's frames exactly). Pick models by `first_free_px`.
+frames: "stay" (the pointer on the disc at t), "last" (repeat the last known action: executed or
+committed) and "constvel" (continue the last two known actions' velocity), and the IDM on the real frames (the error
+the plan would have if it dreamed the expert's frames exactly). The baselines know what the planner knows: the executed and committed actions.
+Pick models by `first_free_px` (its per-plan values are in the JSON for paired comparisons).
 Episodes must come from seeds the model never trained on and not from the protocol's.
 """
 from __future__ import annotations
@@ -34,12 +35,14 @@ from dva.pusht.render import render_frames
 MIN_OFFSET_PX = 5.0  # direction is only defined where the expert's pointer is this far from the disc
 
 
-def baselines(states: np.ndarray, actions: np.ndarray, t: int, h: int) -> dict[str, np.ndarray]:
-    """Actions for steps t..t+h-1 that read no frames: (h, 2) each."""
+def baselines(states: np.ndarray, actions: np.ndarray, t: int, h: int, known: int) -> dict[str, np.ndarray]:
+    """Actions for steps t..t+h-1 that read no frames, (h, 2) each, from what the planner knows
+    at step t: the frame of step t and the actions before step `known` (those executed, and the
+    committed ones)."""
     stay = np.repeat(states[t, :2][None], h, 0)
-    last = actions[t - 1] if t >= 1 else states[t, :2]
-    vel = actions[t - 1] - actions[t - 2] if t >= 2 else np.zeros(2)
-    const = last[None] + vel[None] * np.arange(1, h + 1)[:, None]
+    last = actions[known - 1] if known >= 1 else states[t, :2]
+    vel = actions[known - 1] - actions[known - 2] if known >= 2 else np.zeros(2)
+    const = last[None] + vel[None] * (t + np.arange(h) - known + 1)[:, None]
     return {"stay": stay, "last": np.repeat(last[None], h, 0),
             "constvel": np.clip(const, ACTION_LOW, ACTION_HIGH)}
 
@@ -84,7 +87,7 @@ def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes
             rows["plan"].append(plan.actions)
             rows["expert"].append(actions[t:t + horizon])
             rows["disc"].append(np.repeat(states[t, :2][None], horizon, 0))
-            for k, v in baselines(states, actions, t, horizon).items():
+            for k, v in baselines(states, actions, t, horizon, t + committed).items():
                 rows[k].append(v)
     if not rows["plan"]:
         raise ValueError(f"no episode is longer than --horizon {horizon}")
@@ -95,7 +98,9 @@ def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes
         per_step.append({"step": j, **{k: step_stats(R[k][:, j], ex, disc)
                                        for k in ("plan", "stay", "last", "constvel")}})
     first = per_step[0]
+    per_plan = np.linalg.norm(R["plan"][:, committed] - R["expert"][:, committed], axis=1)
     return {"first_free_px": first["plan"]["px_mean"], "first_free_px_median": first["plan"]["px_median"],
+            "first_free_px_per_plan": [round(float(v), 3) for v in per_plan],  # for paired comparisons
             "first_free_cos_mean": first["plan"]["cos_mean"], "stay_px": first["stay"]["px_mean"],
             "idm_real_px": float(np.concatenate(idm_err).mean()) if idm_err else None,
             "samples": int(len(R["plan"])), "episodes": n_eps, "per_step": per_step}

@@ -249,9 +249,11 @@ def test_openloop_scores_plans_against_the_expert(tiny_ckpt, tmp_path, capsys):
     assert d["stay_px"] == pytest.approx(np.mean(stay)) and d["per_step"][0]["stay"]["n"] == len(stay)
     assert d["first_free_px"] == d["per_step"][0]["plan"]["px_mean"] > 0 and d["idm_real_px"] > 0
     assert "first free action" in capsys.readouterr().out
-    b = baselines(np.array([[10.0, 10, 0, 0, 0]] * 4), np.array([[0.0, 0], [4, 2], [6, 3]]), 2, 2)
-    assert b["stay"].tolist() == [[10, 10], [10, 10]] and b["last"].tolist() == [[4, 2], [4, 2]]
-    assert b["constvel"].tolist() == [[8, 4], [12, 6]]
+    # at t = 2 with 1 committed action the planner knows actions 0..2: step 3 continues 2 -> 3
+    b = baselines(np.array([[10.0, 10, 0, 0, 0]] * 5), np.array([[0.0, 0], [4, 2], [6, 3], [0, 0]]), 2, 2, 3)
+    assert b["stay"].tolist() == [[10, 10], [10, 10]] and b["last"].tolist() == [[6, 3], [6, 3]]
+    assert b["constvel"][1].tolist() == [8, 4]
+    assert len(d["first_free_px_per_plan"]) == d["samples"]
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "2", "--committed", "2"]) == 2
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
