@@ -6,7 +6,8 @@
 The free dream *is* the policy: at every `--every`-th step t of each episode the planner observes
 the real frames up to t (the last `window` of them: what its ring cache holds in closed loop),
 then plans `--horizon` frames with the first `--committed` conditioned on the expert's actions (as
-lockstep leapfrog conditions on the action already being executed) and the rest dreamed freely,
+lockstep leapfrog conditions on the action already being executed; the action executed into frame
+t is given too, for models that read it) and the rest dreamed freely,
 each read by the IDM. For each horizon step the JSON reports how far the planned action is from
 the expert's (px in the 512-px action space, mean and median), the direction agreement (cosine of
 the pointer's offset from the disc, where the expert's is over 5 px) and the offset's length ratio
@@ -83,7 +84,7 @@ def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes
             planner.reset(int(ds.seed[e]) * 1000 + t)
             for k in range(max(0, t - window + 1), t + 1):
                 planner.observe(frames[k].numpy())
-            plan = planner.plan(t, actions[t:t + committed], horizon)
+            plan = planner.plan(t, actions[t:t + committed], horizon, actions[t - 1] if t >= 1 else None)
             rows["plan"].append(plan.actions)
             rows["expert"].append(actions[t:t + horizon])
             rows["disc"].append(np.repeat(states[t, :2][None], horizon, 0))

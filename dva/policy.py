@@ -81,11 +81,14 @@ class DVAPlanner:
         self.frames_seen += 1
 
     @torch.inference_mode()
-    def plan(self, start: int, committed: np.ndarray, horizon: int) -> Plan:
+    def plan(self, start: int, committed: np.ndarray, horizon: int, executed: np.ndarray | None = None) -> Plan:
         """Dream `horizon` frames after the last observed real frame (the frame of step `start`).
 
         committed: (n, 2) actions for steps start .. start+n-1 that will be executed whatever
         this plan says; they condition the first n predicted frames and are copied into the plan.
+        executed: (2,) the action executed at step start-1 (into the observed frame), or None
+        (unknown, e.g. at the start); read by models with DVAConfig.prev_action, as is each
+        planned action by the next predicted frame.
         """
         if self._ctx is None:
             raise RuntimeError("DVAPlanner.plan: observe() a real frame first")
@@ -98,19 +101,20 @@ class DVAPlanner:
         mark = self.cache.mark(horizon - 1)  # saves just the slots the scratch frames overwrite
         ctx, prev, cur = self._ctx, self._prev, self._cur
         frames, actions = [], []
-        last_action = None
+        last_action = None if executed is None else torch.as_tensor(
+            np.asarray(executed, dtype=np.float32).reshape(1, 2), device=dev)
         try:
             for j in range(horizon):
                 if j < n:
                     cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
-                elif self.cfg.free_action == "prev" and last_action is not None:
+                elif self.cfg.free_action == "prev" and j > 0:
                     cond = last_action
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
                 # (1, 3, 96, 96), observed as a scratch entry (rolled back below) unless it is the last
                 nxt, ctx = m.dream(self.cache, ctx, action=cond, steps=self.sample_steps, noise=noise,
-                                   observe=j + 1 < horizon)
+                                   observe=j + 1 < horizon, prev_action=last_action)
                 if j < n:
                     a = cond
                 else:
@@ -189,7 +193,8 @@ class DVAPolicy:
         return a
 
     def _launch(self, k: int, committed: np.ndarray, at_step: int) -> None:
-        plan = self.planner.plan(k, committed, self.cfg.horizon)
+        executed = self.leap.committed(k - 1, 1)[0] if k >= 1 else None  # the action into frame k
+        plan = self.planner.plan(k, committed, self.cfg.horizon, executed)
         self.leap.record_latency(plan.latency_s, plan.horizon)
         self.leap.submit(plan, at_step)
 

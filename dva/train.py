@@ -128,6 +128,9 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
             for k in ("warp_layers", "body_masks"):
                 saved.pop(k), mine.pop(k)
             fresh = fresh + ("decoder.rigid.",)
+        if mine["prev_action"] and not saved["prev_action"]:  # ... or add the (zero-initialised) prev-action input
+            saved.pop("prev_action"), mine.pop("prev_action")
+            fresh = fresh + ("decoder.prev_emb.", "decoder.null_prev")
     diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")

@@ -53,6 +53,7 @@ class TrainConfig:
     body_masks: float = 0.0
     action_dropout: float = 0.25
     policy_loss: float = 0.0
+    prev_action: bool = False
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -116,6 +117,8 @@ HELP = {
                       "(what the expert would do), i.e. the policy; the rest train the action-conditioned dream",
     "policy_loss": "weight of the free dream's action loss: the IDM (frozen for it) reads each freely predicted "
                    "frame and its action is compared with the data's (needs --model both); 0: off",
+    "prev_action": "the decoder also gets the action executed into frame t (the pointer leads the disc, so frames "
+                   "alone hide it); --init may add it (zero-initialised)",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
     "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
     "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
@@ -213,7 +216,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
                   warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,
                   warp_anchor=cfg.warp_anchor, warp_loss=cfg.warp_loss,
                   flow_loss=cfg.flow_loss, body_masks=cfg.body_masks,
-                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss)
+                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss, prev_action=cfg.prev_action)
 
 
 def parse_sources(items) -> dict[str, str]:

@@ -121,3 +121,24 @@ def test_bad_inputs_name_the_problem(tiny):
         planner.plan(0, np.zeros((3, 2)), 2)
     with pytest.raises(ValueError, match="free_action"):
         PlannerConfig(free_action="bogus")
+
+
+def test_the_executed_action_reaches_a_model_that_reads_it():
+    """plan(..., executed): the action executed into the observed frame conditions the first
+    predicted frame of a DVAConfig.prev_action model (and is ignored by one without it)."""
+    torch.manual_seed(1)
+    cfg = preset("tiny", backend="ref", prev_action=True)
+    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(idm.parameters()):
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    planner = DVAPlanner(model, idm)
+    plans = []
+    for executed in (None, np.array([100.0, 100.0]), np.array([400.0, 300.0])):
+        planner.reset(0)
+        planner.observe(frames(1)[0])
+        plans.append(planner.plan(0, np.zeros((0, 2)), 2, executed))
+    assert not np.array_equal(plans[1].frames, plans[2].frames) and not np.array_equal(plans[0].frames, plans[1].frames)
+    with pytest.raises(ValueError):
+        preset("tiny", prev_action=True, policy_loss=1.0, action_dropout=0.0)

@@ -619,3 +619,31 @@ def test_policy_loss_reads_the_free_dream_through_a_frozen_idm():
         net.dva(x, act)
     with pytest.raises(ValueError, match="action_dropout"):
         tiny(policy_loss=1.0, action_dropout=0.0)
+
+
+def test_prev_action_starts_as_the_model_without_it_and_then_conditions_the_dream():
+    """DVAConfig.prev_action: zero-initialised, a model with it predicts exactly what the same
+    weights without it predict; once trained (here: random weights) the dream depends on the
+    action executed into frame t, which training takes from the sequence (unknown at frame 0)."""
+    torch.manual_seed(0)
+    base = DVA(tiny()).eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    m = DVA(tiny(prev_action=True)).eval()
+    missing = m.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(("decoder.prev_emb.", "decoder.null_prev")) for k in missing)
+    x, act = seq(1, 3), torch.tensor([[[100.0, 200.0], [300.0, 50.0], [0.0, 0.0]]])
+    ctx = base.context(x)
+    noise = torch.randn(3, 3, 96, 96)
+    want = base.sample(ctx, act[0], steps=2, noise=noise)
+    got = m.sample(m.context(x), act[0], steps=2, noise=noise, prev_action=torch.full((3, 2), 400.0))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.nn.init.normal_(m.decoder.prev_emb.mlp[-1].weight, std=0.5)
+    a = m.sample(m.context(x), act[0], steps=2, noise=noise, prev_action=torch.full((3, 2), 400.0))
+    b = m.sample(m.context(x), act[0], steps=2, noise=noise, prev_action=torch.full((3, 2), 100.0))
+    assert (a - b).abs().max() > 1e-3
+    p, known = m.prev_actions(act)
+    assert known.tolist() == [False, True, True]
+    torch.testing.assert_close(p[1:], norm_action(act[0, :2]))

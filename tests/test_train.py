@@ -171,6 +171,12 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     assert mr["config"]["warp_layers"] == 3 and "ema.decoder.rigid.mask.weight" in tr and "ema.decoder.flow.weight" in tr
     k = "ema.decoder.stem.weight"
     assert (tr[k] - tw[k]).abs().max() <= 1.5 * lr  # the rest was loaded
+    # --prev-action adds the zero-initialised input of the executed action; --policy-loss trains the free dream
+    assert main(args(dataset, tmp_path / "p", *common, "--stop-after", "1", "--init", str(tmp_path / "a" / "ckpt"),
+                     "--prev-action", "--policy-loss", "0.5", "--action-dropout", "0.5")) == 0
+    tp, mp = ckpt.read(tmp_path / "p" / "ckpt")
+    assert mp["config"]["prev_action"] and mp["config"]["policy_loss"] == 0.5 and "ema.decoder.null_prev" in tp
+    assert (tp["ema.decoder.stem.weight"] - ta["ema.decoder.stem.weight"]).abs().max() <= 1.5 * lr
     capsys.readouterr()
     assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "w" / "ckpt"))) == 2
     assert "warp: True vs False" in capsys.readouterr().err  # the head is never dropped silently

@@ -102,6 +102,7 @@ class DVA(nn.Module):
             ctx.anchor, ctx.motion = anchor[0].flatten(0, 1), anchor[1].flatten(0, 1)
         target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
         act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
+        prev, prev_mask = self.prev_actions(actions[:, :-1])
         n = target.shape[0]
         tau = torch.rand(n, device=dev, generator=generator)
         noise = torch.randn(target.shape, device=dev, generator=generator, dtype=target.dtype)
@@ -110,7 +111,7 @@ class DVA(nn.Module):
         x_tau = (1 - t4) * noise + t4 * target
         anc = None if ctx.anchor is None else (ctx.anchor, ctx.motion)
         x_hat, warped, disp, logits = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep,
-                                                   with_warp=True, anchor=anc)
+                                                   with_warp=True, anchor=anc, prev=prev, prev_mask=prev_mask)
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
@@ -139,6 +140,15 @@ class DVA(nn.Module):
         read = action_reader(prev[free], cur[free], x_hat[free])  # (f, 2) in [-1, 1]
         w = (1 - tau[free]).view(-1, 1)
         return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
+
+    @staticmethod
+    def prev_actions(actions):
+        """The action executed into each frame of a sequence, for actions (B, T, 2) px leading out
+        of frames 0..T-1: ((B*T, 2) in [-1, 1], (B*T,) mask, False at frame 0: unknown)."""
+        B, T = actions.shape[:2]
+        prev = torch.cat([actions[:, :1], actions[:, :-1]], dim=1)  # (B, T, 2); frame 0's is masked
+        mask = (torch.arange(T, device=actions.device) > 0).expand(B, T)
+        return fr.norm_action(prev.flatten(0, 1)), mask.flatten()
 
     def _pixel_loss(self, pred, target, w):
         err = pred.float() - target.float()
@@ -201,7 +211,7 @@ class DVA(nn.Module):
             ctx = self.context(seen[:, :-1])
             if anchored:
                 ctx.anchor, ctx.motion = frames[:, :-1].flatten(0, 1), motion[:, :-1].flatten(0, 1)
-            pred, mot = self._solve(ctx, act, 1, noise, None)
+            pred, mot = self._solve(ctx, act, 1, noise, None, self.prev_actions(actions[:, : T - 1]))
             pred = pred.view(B, T - 1, *clean.shape[2:]).to(clean.dtype)
             seen = torch.cat([clean[:, :1], torch.where(swap, pred, clean[:, 1:])], dim=1)
             if anchored:
@@ -232,18 +242,27 @@ class DVA(nn.Module):
         """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
         return self._velocity(x_tau, tau, ctx, action)[0]
 
-    def _velocity(self, x_tau, tau, ctx: Context, action=None):
+    def _velocity(self, x_tau, tau, ctx: Context, action=None, prev=None):
+        """prev: None (unknown), an action (B, 2) in pixel units, or ((B, 2) in [-1, 1], (B,) mask)."""
         a = None if action is None else fr.norm_action(action)
+        if prev is not None and not isinstance(prev, tuple):
+            prev = (fr.norm_action(prev), None)
+        p, pm = (None, None) if prev is None else prev
         anchor = (ctx.anchor, ctx.motion) if ctx.anchor is not None else None
-        x_hat, motion = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a, anchor=anchor, with_motion=True)
+        x_hat, motion = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a, anchor=anchor, with_motion=True,
+                                     prev=p, prev_mask=pm)
         return (x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1), motion
 
-    def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None):
+    def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None,
+               prev_action=None):
         """Few-step Euler ODE solve tau 0 -> 1. action: (B, 2) pixel units being executed between
-        the observed frame and the next one, or None. Returns (B, 3, H, W) in [-1, 1]."""
-        return self._solve(ctx, action, steps, noise, generator)[0]
+        the observed frame and the next one, or None; prev_action: (B, 2) pixel units executed into
+        the observed frame, or None (unknown), or per sample as prev_actions() gives them (read only
+        with DVAConfig.prev_action). Returns
+        (B, 3, H, W) in [-1, 1]."""
+        return self._solve(ctx, action, steps, noise, generator, prev_action)[0]
 
-    def _solve(self, ctx, action, steps, noise, generator):
+    def _solve(self, ctx, action, steps, noise, generator, prev=None):
         steps = self.cfg.sampler_steps if steps is None else int(steps)
         if not 1 <= steps <= 64:
             raise ValueError(f"sampler steps must be in [1, 64], got {steps}")
@@ -255,17 +274,17 @@ class DVA(nn.Module):
         taus = torch.linspace(0.0, 1.0, steps + 1, device=dev)
         for i in range(steps):
             tau = taus[i].expand(B)
-            v, motion = self._velocity(x, tau, ctx, action)
+            v, motion = self._velocity(x, tau, ctx, action, prev)
             x = dvakern.flow_step(x, v, taus[i], taus[i + 1])
         return x.clamp(-1, 1), motion  # (the motion of the last evaluation, the one that made x)
 
     def dream(self, cache: RingCache, ctx: Context, action=None, steps: int | None = None, noise=None,
-              generator=None, observe: bool = True):
+              generator=None, observe: bool = True, prev_action=None):
         """One dreamed step: sample() the next frame and, with observe, observe() it (a scratch
         entry in cache: mark()/rollback() around dreams). Returns (frame, its context or None).
         With cfg.warp_anchor the context carries the last real frame and the T's and disc's
         motions composed since it, so the next step resamples the real frame, not this dream."""
-        x, motion = self._solve(ctx, action, steps, noise, generator)
+        x, motion = self._solve(ctx, action, steps, noise, generator, prev_action)
         if not observe:
             return x, None
         nxt = self.observe(cache, x)

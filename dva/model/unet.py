@@ -50,6 +50,11 @@ class FlowUNet(nn.Module):
         self.act_emb = ScalarEmbed(2, cd, max_freq=200.0)  # 1 px = 1/256 in normalized units
         self.null_act = nn.Parameter(torch.zeros(cd))  # used where the action is absent / dropped
         self.ctx_emb = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, cd))
+        self.prev_emb = ScalarEmbed(2, cd, max_freq=200.0) if cfg.prev_action else None  # DVAConfig.prev_action
+        if self.prev_emb is not None:
+            nn.init.zeros_(self.prev_emb.mlp[-1].weight)
+            nn.init.zeros_(self.prev_emb.mlp[-1].bias)
+            self.null_prev = nn.Parameter(torch.zeros(cd))
         self.cond_act = nn.SiLU()
 
         # x_tau and frame t (space-to-depth 2x: 24 channels) + the action's target as a blob (1)
@@ -82,10 +87,17 @@ class FlowUNet(nn.Module):
         self.warp_interp = cfg.warp_interp
         self.rigid = RigidLayers(ch[0], cfg.warp_layers, dense_rest=cfg.body_masks > 0) if cfg.warp_layers else None
 
-    def cond(self, tau, ctx, action, action_mask=None):
+    def cond(self, tau, ctx, action, action_mask=None, prev=None, prev_mask=None):
         """Modulation vector (B, cond_dim). action: (B, 2) in [-1, 1] or None; action_mask (B,)
-        bool: True where the action is present (training drops it at random)."""
+        bool: True where the action is present (training drops it at random). prev, prev_mask:
+        the same for the action executed into frame t (DVAConfig.prev_action; else ignored)."""
         c = self.tau_emb(tau.view(-1, 1)) + self.ctx_emb(ctx.mean(dim=1))
+        if self.prev_emb is not None:
+            if prev is None:
+                c = c + self.null_prev
+            else:
+                p = self.prev_emb(prev)
+                c = c + (p if prev_mask is None else torch.where(prev_mask[:, None], p, self.null_prev.to(p.dtype)))
         if action is None:
             a = self.null_act.expand(c.shape[0], -1)
         else:
@@ -95,7 +107,7 @@ class FlowUNet(nn.Module):
         return self.cond_act(c + a)
 
     def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False,
-                anchor=None, with_motion: bool = False):
+                anchor=None, with_motion: bool = False, prev=None, prev_mask=None):
         """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
         frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
         by the predicted displacement (before the residual; frame t itself without a warp head),
@@ -105,7 +117,7 @@ class FlowUNet(nn.Module):
         rigid layers (T, disc) sample a, the last real frame, by their motion from frame t to it
         composed with this step's; with_motion also returns the rigid layers' motion from the
         predicted frame to a (to frame t without an anchor) (None without rigid layers)."""
-        c = self.cond(tau, ctx, action, action_mask)
+        c = self.cond(tau, ctx, action, action_mask, prev, prev_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
         h = self.stem(torch.cat([x, blob], dim=1))  # (B, c0, H/2, W/2)

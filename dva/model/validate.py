@@ -104,7 +104,8 @@ def rollout(model: DVA, x: torch.Tensor, actions: torch.Tensor, n_ctx: int, step
         ctx = model.observe(cache, x[:, t])
     out = []
     for t in range(n_ctx, T):
-        pred, ctx = model.dream(cache, ctx, actions[:, t - 1], steps=steps, generator=g, observe=t + 1 < T)
+        pred, ctx = model.dream(cache, ctx, actions[:, t - 1], steps=steps, generator=g, observe=t + 1 < T,
+                                prev_action=actions[:, t - 2] if t >= 2 else None)
         out.append(pred)
     return torch.stack(out, dim=1)
 
@@ -126,7 +127,8 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         hook = rigid.mask.register_forward_hook(lambda mod, i, o: masks.append(o)) \
             if rigid is not None and rigid.dense_rest and states is not None else None
         with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
-            one = model.sample(ctx, act, steps=steps, generator=g)  # (B*(T-1), 3, H, W)
+            one = model.sample(ctx, act, steps=steps, generator=g,  # (B*(T-1), 3, H, W)
+                               prev_action=model.prev_actions(actions[:, :-1]))
         if hook is not None:  # supervised body layers: does the T's layer cover the T of the next frame?
             hook.remove()
             lab = body_labels(states[:, 1:], x.shape[-1]).flatten(0, 1)
