@@ -127,3 +127,21 @@ def test_eval_json_has_the_failure_breakdown_and_dev_seeds(tmp_path, capsys):
     assert all(keys <= e.keys() for e in d["episodes"])
     assert 0 <= d["behaviour"]["parked"] <= 1 and d["behaviour"]["mean_final_pose_err_px"] > 0
     assert "behaviour: parked" in capsys.readouterr().out
+
+
+def test_paired_difference_and_its_standard_error(tmp_path, capsys):
+    from dva.paired import main
+
+    def ev(scores):
+        return {"episodes": [{"seed": 500000 + i, "score": s} for i, s in enumerate(scores)]}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(ev([0.2, 0.4, 0.6, 0.1])))
+    b.write_text(json.dumps(ev([0.3, 0.6, 0.6, 0.3])))
+    assert main([str(a), str(b)]) == 0
+    d = np.array([0.1, 0.2, 0.0, 0.2])
+    assert f"{d.mean():+.3f} +- {d.std(ddof=1) / 2:.3f}" in capsys.readouterr().out
+    b.write_text(json.dumps({"first_free_px_per_plan": [1.0, 2.0]}))
+    assert main([str(a), str(b)]) == 2 and "holds" in capsys.readouterr().err
+    b.write_text(json.dumps(ev([0.3, 0.6, 0.6])))
+    assert main([str(a), str(b)]) == 2 and "same seeds" in capsys.readouterr().err

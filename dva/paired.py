@@ -1,0 +1,66 @@
+"""Paired comparison of two policies on the same seeds or plans, with its standard error.
+
+    python -m dva.paired runs/eval_dev_old.json runs/eval_dev_new.json     # dva.eval JSONs: per-seed score
+    python -m dva.paired runs/ol_old.json runs/ol_new.json                 # dva.openloop JSONs: per-plan px
+
+The difference NEW - BASE is taken per seed (closed loop: episode score) or per plan (open loop:
+the first free action's error in px), so the shared difficulty of a seed cancels; the standard
+error is std(differences) / sqrt(n). A model replaces the shipped one only when it wins on the
+development seeds by this measure (docs/policy.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def per_item(d: dict, path: Path) -> tuple[str, dict]:
+    """-> (what is compared, {key: value}) from a dva.eval or dva.openloop JSON."""
+    if "episodes" in d and isinstance(d["episodes"], list):
+        return "score per seed", {e["seed"]: e["score"] for e in d["episodes"]}
+    if "first_free_px_per_plan" in d:
+        return "first free action px per plan", dict(enumerate(d["first_free_px_per_plan"]))
+    raise ValueError(f"{path}: neither a dva.eval JSON (episodes) nor a dva.openloop one (first_free_px_per_plan)")
+
+
+def paired(base: dict, new: dict) -> dict:
+    keys = sorted(set(base) & set(new))
+    if len(keys) < 2 or len(keys) != len(base) or len(keys) != len(new):
+        raise ValueError(f"the two runs must cover the same seeds or plans (have {len(base)} and {len(new)}, "
+                         f"{len(keys)} shared)")
+    diff = np.array([new[k] - base[k] for k in keys], dtype=np.float64)
+    return {"n": len(keys), "base_mean": float(np.mean([base[k] for k in keys])),
+            "new_mean": float(np.mean([new[k] for k in keys])), "diff_mean": float(diff.mean()),
+            "diff_se": float(diff.std(ddof=1) / np.sqrt(len(keys)))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dva.paired", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", type=Path, help="the reference run's JSON")
+    p.add_argument("new", type=Path, help="the candidate's JSON (same kind, same seeds or plans)")
+    a = p.parse_args(argv)
+    try:
+        kinds = []
+        for f in (a.base, a.new):
+            try:
+                kinds.append(per_item(json.loads(f.read_text()), f))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{f}: cannot read a JSON ({e})") from None
+        if kinds[0][0] != kinds[1][0]:
+            raise ValueError(f"{a.base} holds {kinds[0][0]}, {a.new} holds {kinds[1][0]}")
+        r = paired(kinds[0][1], kinds[1][1])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{kinds[0][0]}: base {r['base_mean']:.3f}, new {r['new_mean']:.3f}, new - base "
+          f"{r['diff_mean']:+.3f} +- {r['diff_se']:.3f} (standard error, n = {r['n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
