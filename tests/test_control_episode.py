@@ -112,8 +112,8 @@ class RecordingPlanner(DVAPlanner):
         super().reset(seed)
         self.plans = []
 
-    def plan(self, start, committed, horizon):
-        p = super().plan(start, committed, horizon)
+    def plan(self, start, committed, horizon, executed=None):
+        p = super().plan(start, committed, horizon, executed)
         self.plans.append(p)
         return p
 
