@@ -41,12 +41,15 @@ sys.path.insert(0, str(ROOT))
 from dva.data.store import atomic_write_json  # noqa: E402
 
 # The shipped recipe (docs/model.md, "The shipped checkpoint": $D plus stage 11's $M flags; it was
-# exported with EXPORT_ARGS), with checkpoint/validation intervals for GPU speed. Update here when
-# the recipe changes; --data, --steps, --out and --init are added by this script.
+# exported with EXPORT_ARGS) plus the levers that won on the open-loop policy metric (docs/policy.md:
+# action dropout 0.5, the policy loss, the executed action as an input), with checkpoint/validation
+# intervals for GPU speed. Update here when the recipe changes; --data, --steps, --out and --init
+# are added by this script.
 TRAIN_ARGS = ("--preset s --model both --seq-len 9 --batch-size 8 --motion-weight 5 --val-batch 8 "
               "--mix 0:random=0.05,goal=0.05,expert=0.9 --lr 3e-4 --warmup 50 --loss l1 --sampler-steps 1 "
               "--self-forcing 0.6 --self-forcing-depth 3 --ctx-noise 0 --warp --warp-loss 0.5 --flow-loss 0.1 "
-              "--warp-layers 3 --body-masks 0.05 --val-every 500 --ckpt-every 500 --log-every 20")
+              "--warp-layers 3 --body-masks 0.05 --action-dropout 0.5 --policy-loss 1.0 --prev-action "
+              "--val-every 500 --ckpt-every 500 --log-every 20")
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
 DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/model.md's datasets)
