@@ -53,7 +53,7 @@ TRAIN_ARGS = ("--preset s --model both --seq-len 9 --batch-size 8 --motion-weigh
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
 DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/model.md's datasets)
-EVAL_SEEDS = "500000:500050"  # development seeds: never the protocol's 100000..100049
+EVAL_SEEDS = "dev"  # dva.eval's development seeds (500000..500049): never the protocol's
 CHECK_SELECT = ["-k", "cuda", "--ignore=tests/test_gpu_run.py"]  # gpu-marked tests are named *cuda*; CUDA cases [...-cuda]
 LIMITS = {"check": 150, "bench": 240, "collect": 120, "export": 45, "eval": 150}  # seconds, each stage's own
 TRAIN_RESERVE = 200  # s kept after training: its wind-down (final val + save), export, eval

@@ -123,9 +123,7 @@ class InferenceThread(threading.Thread):
                 t, _, posted = batch[-1]
                 h = self.leap.horizon()
                 n = min(self.leap.delay_steps(h), h)
-                known = self.leap.committed(t - 1, n + 1) if t >= 1 else None  # executed into frame t, committed
-                plan = (self.planner.plan(t, known[1:], h, known[0]) if known is not None
-                        else self.planner.plan(t, self.leap.committed(t, n), h))
+                plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t))
                 # latency as the scheduler sees it: from the frame's arrival to a usable plan;
                 # all but the dreaming itself is fixed cost (observing the frames that arrived)
                 total = time.perf_counter() - posted

@@ -190,6 +190,15 @@ class Leapfrog:
                     return h
             return c.h_max
 
+    def executed_into(self, step: int) -> np.ndarray | None:
+        """The action executed at step - 1 (the one that led into frame `step`), or None when it is
+        not in the history (the first step of an episode)."""
+        with self._lock:
+            s = step - 1
+            if 0 <= s <= self._last_step and self._last_step - s < self.HISTORY:
+                return self._executed[s % self.HISTORY].copy()
+            return None
+
     def committed(self, start: int, n: int) -> np.ndarray:
         """(n, 2) actions the controller will execute at steps start .. start+n-1 unless a plan
         submitted after this call takes over: executed ones from history, then the submitted /

@@ -7,15 +7,16 @@ The free dream *is* the policy: at every `--every`-th step t of each episode the
 the real frames up to t (the last `window` of them: what its ring cache holds in closed loop),
 then plans `--horizon` frames with the first `--committed` conditioned on the expert's actions (as
 lockstep leapfrog conditions on the action already being executed; the action executed into frame
-t is given too, for models that read it) and the rest dreamed freely,
-each read by the IDM. For each horizon step the JSON reports how far the planned action is from
-the expert's (px in the 512-px action space, mean and median), the direction agreement (cosine of
-the pointer's offset from the disc, where the expert's is over 5 px) and the offset's length ratio
-(0: the plan says "stay"; 1: it moves as far as the expert), beside three baselines that read no
-frames: "stay" (the pointer on the disc at t), "last" (repeat the last known action: executed or
-committed) and "constvel" (continue the last two known actions' velocity), and the IDM on the real frames (the error
-the plan would have if it dreamed the expert's frames exactly). The baselines know what the planner knows: the executed and committed actions.
-Pick models by `first_free_px` (its per-plan values are in the JSON for paired comparisons).
+t is given too, for models that read it) and the rest dreamed freely, each read by the IDM. For
+each horizon step the JSON reports how far the planned action is from the expert's (px in the
+512-px action space, mean and median), the direction agreement (cosine of the pointer's offset
+from the disc, where the expert's is over 5 px) and the offset's length ratio (0: the plan says
+"stay"; 1: it moves as far as the expert), beside three baselines that read no frames and know
+what the planner knows (the executed and committed actions): "stay" (the pointer on the disc at
+t), "last" (repeat the last known action) and "constvel" (continue the last two known actions'
+velocity); and the IDM on the real frames (the error the plan would have if it dreamed the
+expert's frames exactly). Pick models by `first_free_px` (its per-plan values are in the JSON
+for paired comparisons).
 Episodes must come from seeds the model never trained on and not from the protocol's.
 """
 from __future__ import annotations

@@ -193,8 +193,7 @@ class DVAPolicy:
         return a
 
     def _launch(self, k: int, committed: np.ndarray, at_step: int) -> None:
-        executed = self.leap.committed(k - 1, 1)[0] if k >= 1 else None  # the action into frame k
-        plan = self.planner.plan(k, committed, self.cfg.horizon, executed)
+        plan = self.planner.plan(k, committed, self.cfg.horizon, self.leap.executed_into(k))
         self.leap.record_latency(plan.latency_s, plan.horizon)
         self.leap.submit(plan, at_step)
 

@@ -62,7 +62,6 @@ class Trainee(nn.Module):
             out["loss_idm"], out["idm_err_px"] = self.idm.loss(x, actions)
         return out
 
-
     def _frozen_idm(self, prev, cur, nxt):
         """The IDM as DVAConfig.policy_loss reads the free dream: gradients reach the frames, not its
         weights (they learn from real frames only, in loss_idm)."""

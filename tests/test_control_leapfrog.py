@@ -141,3 +141,13 @@ def test_fixed_latency_part_does_not_scale_with_horizon():
     b.record_latency(0.4, 4, fixed_s=0.36)  # mostly observing real frames: 10 ms per frame
     assert a.delay_steps(8) == 8  # 0.8 s
     assert b.delay_steps(8) == 5  # 0.36 + 0.08 = 0.44 s
+
+
+def test_executed_into_is_the_action_of_the_step_before():
+    leap = Leapfrog(LeapfrogConfig(h_init=4, h_min=1, h_max=8))
+    leap.submit(ramp_plan(0, 4))
+    assert leap.executed_into(0) is None and leap.executed_into(1) is None  # nothing executed yet
+    a0, _ = leap.action(0)
+    a1, _ = leap.action(1)
+    assert np.array_equal(leap.executed_into(1), a0) and np.array_equal(leap.executed_into(2), a1)
+    assert leap.executed_into(3) is None  # step 2 has not run

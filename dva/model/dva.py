@@ -133,10 +133,10 @@ class DVA(nn.Module):
         tau -> 1 the prediction has seen the target)."""
         if action_reader is None:
             raise ValueError("policy_loss needs an action_reader (the IDM: train with --model both)")
-        prev = torch.cat([seen[:, :1], seen[:, :-1]], dim=1).flatten(0, 1)  # (n, 3, H, W) frame t-1
-        cur = seen.flatten(0, 1)
         if not free.any():
             return x_hat.sum() * 0.0
+        prev = torch.cat([seen[:, :1], seen[:, :-1]], dim=1).flatten(0, 1)  # (n, 3, H, W) frame t-1
+        cur = seen.flatten(0, 1)
         read = action_reader(prev[free], cur[free], x_hat[free])  # (f, 2) in [-1, 1]
         w = (1 - tau[free]).view(-1, 1)
         return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
@@ -258,8 +258,7 @@ class DVA(nn.Module):
         """Few-step Euler ODE solve tau 0 -> 1. action: (B, 2) pixel units being executed between
         the observed frame and the next one, or None; prev_action: (B, 2) pixel units executed into
         the observed frame, or None (unknown), or per sample as prev_actions() gives them (read only
-        with DVAConfig.prev_action). Returns
-        (B, 3, H, W) in [-1, 1]."""
+        with DVAConfig.prev_action). Returns (B, 3, H, W) in [-1, 1]."""
         return self._solve(ctx, action, steps, noise, generator, prev_action)[0]
 
     def _solve(self, ctx, action, steps, noise, generator, prev=None):

@@ -119,7 +119,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         obs, info = env.reset_to_state(*start)
     policy.reset(seed)
     covs, states, vels = [], [obs["state"]], [obs["agent_vel"]]
-    traj = {"states": [obs["state"]], "agent_vel": [obs["agent_vel"]], "actions": [],
+    traj = {"states": states, "agent_vel": vels, "actions": [],
             "coverage": [info["coverage"]], "frames": [obs.get("pixels")]} if record else None
     steps = 0
     for steps in range(1, max_steps + 1):
@@ -128,8 +128,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         covs.append(info["coverage"])
         states.append(obs["state"]), vels.append(obs["agent_vel"])
         if record:
-            traj["actions"].append(action), traj["states"].append(obs["state"])
-            traj["agent_vel"].append(obs["agent_vel"]), traj["coverage"].append(info["coverage"])
+            traj["actions"].append(action), traj["coverage"].append(info["coverage"])
             traj["frames"].append(obs.get("pixels"))
         if terminated:
             break
