@@ -73,10 +73,10 @@ class DVAConfig:
     # is a distance in the action space, with a gradient that points to the expert's choice
     policy_loss: float = 0.0
     # the decoder also gets the action executed into frame t (a_{t-1}; a learned "unknown" at the
-    # start of an episode). Why: the pointer leads the disc by ~35 px, so the frames alone hide
-    # where it is, while the expert moves it at a nearly constant velocity: on held-out expert
-    # episodes continuing the known actions' velocity misses the next action by 7.2 px, the free
-    # dream without them by 24-27 px (docs/policy.md). Zero-initialised: adding it changes nothing
+    # start of an episode). Why: the pointer leads the disc by ~36 px (DESIGN.md 3), so the frames
+    # alone hide where it is, while the expert moves it at a nearly constant velocity: on held-out
+    # expert episodes continuing the known actions' velocity misses the next action by 8.5 px, the
+    # free dream without them by 24-27 px (docs/policy.md). Zero-initialised: adding it changes nothing
     prev_action: bool = False
     # context noise augmentation (training only): each context frame gets Gaussian noise of a
     # std drawn from U(0, ctx_noise), so the model learns to predict from imperfect frames (its
