@@ -19,7 +19,7 @@ from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seed
 
 # Which CLI options become constructor kwargs for each policy (a policy not listed takes none),
 # and which policies never read pixels (their episodes run without rendering).
-POLICY_ARGS = {"dva": ["checkpoint", "device"]}
+POLICY_ARGS = {"dva": ["checkpoint", "device"], "bc": ["checkpoint", "execute"]}
 PRIVILEGED = {"random", "goal", "expert"}
 
 
@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps per episode (protocol: 300)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file for the metrics, written atomically (default: runs/eval_POLICY.json)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --policy dva")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint for --policy dva (default: the packaged model) or bc (OUT/bc.pt of dva.bc)")
+    p.add_argument("--execute", type=int, default=None,
+                   help="--policy bc: actions of each predicted chunk executed before it looks again "
+                        "(default: the whole chunk)")
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")
@@ -81,6 +85,10 @@ def main(argv=None) -> int:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     kwargs = {k: getattr(args, k) for k in POLICY_ARGS.get(args.policy, []) if getattr(args, k) is not None}
+    if args.policy == "bc" and (args.checkpoint is None or not args.checkpoint.is_file()):
+        print(f"error: --policy bc needs --checkpoint FILE (OUT/bc.pt of `python -m dva.bc`); "
+              f"got {args.checkpoint}", file=sys.stderr)
+        return 2
     if args.policy == "dva" and args.checkpoint is not None:
         from dva.checkpoint import paths  # a stem, x.json or x.safetensors, as everywhere else
 

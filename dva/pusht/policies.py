@@ -155,12 +155,13 @@ class GoalHeuristicPolicy:
 
 
 # name -> "module:attribute" of a policy class or factory; kwargs go to its constructor.
-# dva.eval adds "dva" (the video policy) through the same table.
+# "dva" is the video policy, "bc" its pixel behaviour-cloning peer (both need --checkpoint).
 POLICIES = {
     "random": "dva.pusht.policies:RandomSmoothPolicy",
     "goal": "dva.pusht.policies:GoalHeuristicPolicy",
     "expert": "dva.pusht.expert:ExpertPolicy",
     "dva": "dva.policy:DVAPolicy",
+    "bc": "dva.bc:BCPolicy",
 }
 
 

@@ -1,0 +1,245 @@
+"""Pixel behaviour cloning: the peer the DVA has to beat at equal data and compute.
+
+The usual image-BC recipe: a CNN reads the last two camera frames and regresses the next
+`chunk` actions (absolute, in PushT's 512 px action space), trained with random-shift
+augmentation on the same expert episodes as the DVA; the policy executes `execute` of each
+predicted chunk before it looks again. No video model, no IDM: the comparison that says whether
+the DVA learns more per demonstration than plain BC (issue 21, docs/policy.md).
+
+    python -m dva.bc --data data/expert --steps 7000 --out runs/bc        # train (resumes)
+    python -m dva.eval --policy bc --checkpoint runs/bc/bc.pt --seeds dev   # closed loop
+
+Training is deterministic by step (batch and augmentation from a generator seeded by
+(seed, step)) and writes OUT/bc.pt atomically every `--save-every` seconds and at the end, with
+the optimizer state, so re-running the same command continues exactly where it stopped.
+Ctrl-C saves and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTION_SCALE = 256.0  # actions / 256 - 1: PushT's [0, 512] action space to [-1, 1]
+
+
+@dataclass
+class BCConfig:
+    chunk: int = 8      # actions predicted per look
+    width: int = 32     # channels of the first conv; doubled at each of the 4 stride-2 stages, capped at 128
+    hidden: int = 512   # MLP width after the flattened 6x6 features
+    shift: int = 4      # random-shift augmentation: pad this many pixels (replicate), crop back to 96
+
+
+class BCNet(nn.Module):
+    """(B, 2, 96, 96, 3) uint8 frames (previous, current) -> (B, chunk, 2) actions in [-1, 1]."""
+
+    def __init__(self, cfg: BCConfig):
+        super().__init__()
+        self.cfg = cfg
+        chans = [6, cfg.width] + [min(cfg.width * 2 ** i, 128) for i in range(4)]
+        layers = []
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1),
+                       nn.GroupNorm(8, cout), nn.ReLU(inplace=True)]
+        self.trunk = nn.Sequential(*layers)  # 96 -> 48 -> 24 -> 12 -> 6 (flattened: positions matter)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * 36, cfg.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(cfg.hidden, cfg.chunk * 2))
+
+    @staticmethod
+    def to_input(frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 2, H, W, 3) -> float (B, 6, H, W) in [-0.5, 0.5]."""
+        B, n, H, W, C = frames.shape
+        return frames.permute(0, 1, 4, 2, 3).reshape(B, n * C, H, W).float() / 255.0 - 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x)).view(-1, self.cfg.chunk, 2)
+
+
+def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """DrQ's augmentation: the same random integer shift (within +-pad) for all channels of a sample."""
+    if pad == 0:
+        return x
+    B, C, H, W = x.shape
+    padded = F.pad(x, (pad,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, B), generator=gen)
+    rows = (dy[:, None] + torch.arange(H))[:, None, :, None].expand(B, C, H, W + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(W))[:, None, None, :].expand(B, C, H, W)
+    return out.gather(3, cols)
+
+
+class BCData:
+    """Every expert frame rendered once (uint8, in memory) with the index of its predecessor and
+    its next `chunk` actions (the last action repeated past an episode's end)."""
+
+    def __init__(self, root, chunk: int, progress: bool = True):
+        from dva.data.store import load_dataset
+        from dva.pusht.render import render_frames
+
+        ds = load_dataset(root, progress=progress, frames=False)
+        states = torch.from_numpy(ds.states)
+        self.frames = torch.cat([render_frames(s) for s in states.split(8192)])  # (N, 96, 96, 3)
+        cur, prev, acts = [], [], []
+        for i in range(len(ds.steps)):
+            s, a, T = int(ds.state_start[i]), int(ds.action_start[i]), int(ds.steps[i])
+            t = np.arange(T)  # frames with an action after them (not the episode's last)
+            cur.append(s + t)
+            prev.append(s + np.maximum(t - 1, 0))  # the first frame is its own predecessor, as at reset
+            acts.append(ds.actions[a + np.minimum(t[:, None] + np.arange(chunk), T - 1)])
+        self.cur, self.prev = torch.from_numpy(np.concatenate(cur)), torch.from_numpy(np.concatenate(prev))
+        self.actions = torch.from_numpy(np.concatenate(acts)).float() / ACTION_SCALE - 1.0  # (M, chunk, 2)
+
+    def __len__(self) -> int:
+        return len(self.cur)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = torch.stack([self.frames[self.prev[idx]], self.frames[self.cur[idx]]], 1)
+        return BCNet.to_input(frames), self.actions[idx]
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+
+def save(path: Path, obj: dict) -> None:
+    from dva.data.store import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"BC checkpoint {path} does not exist (train one: python -m dva.bc --help)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck["config"] = BCConfig(**ck["config"])
+    except Exception as e:
+        raise ValueError(f"cannot read BC checkpoint {path}: {e}") from None
+    return ck
+
+
+def train(args) -> int:
+    from tqdm import tqdm
+
+    out = args.out / "bc.pt"
+    torch.manual_seed(args.seed)
+    if out.exists():
+        ck = load_checkpoint(out)
+        cfg = ck["config"]
+        print(f"[dva.bc] resuming {out} at step {ck['step']} ({ck['seconds'] / 60:.1f} min trained)", flush=True)
+    else:
+        ck, cfg = None, BCConfig(chunk=args.chunk, width=args.width, hidden=args.hidden, shift=args.shift)
+    net = BCNet(cfg).to(memory_format=torch.channels_last)  # ~1.5x faster convs on the CPU
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    step, seconds, log, (loss_sum, n) = 0, 0.0, [], (0.0, 0)  # (loss_sum, n): the log line being summed
+    if ck is not None:
+        net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"])
+        step, seconds, log, (loss_sum, n) = ck["step"], ck["seconds"], ck["log"], ck["window"]
+    data = BCData(args.data, cfg.chunk)
+    print(f"[dva.bc] {len(data)} samples from {args.data}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
+          f"parameters, batch {args.batch}, {args.steps} steps", flush=True)
+
+    def checkpoint():
+        save(out, {"config": dataclasses.asdict(cfg), "model": net.state_dict(), "opt": opt.state_dict(),
+                   "step": step, "seconds": seconds, "log": log, "window": [loss_sum, n], "data": str(args.data)})
+
+    pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
+    last_save = time.perf_counter()
+    try:
+        while step < args.steps:
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            x, y = data.batch(torch.randint(0, len(data), (args.batch,), generator=gen))
+            x = random_shift(x, cfg.shift, gen).contiguous(memory_format=torch.channels_last)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, args.steps, args.lr)
+            loss = F.l1_loss(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seconds += time.perf_counter() - t0
+            loss_sum, n = loss_sum + loss.item(), n + 1
+            pbar.update()
+            if step % 100 == 0 or step == args.steps:
+                # mean |error| over the chunk, in the env's pixels (x256)
+                log.append({"step": step, "seconds": round(seconds, 1), "l1_px": round(loss_sum / n * ACTION_SCALE, 2)})
+                pbar.set_postfix(l1_px=log[-1]["l1_px"])
+                loss_sum, n = 0.0, 0
+            if time.perf_counter() - last_save > args.save_every:
+                checkpoint()
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        print("\n[dva.bc] interrupted: saving", flush=True)
+    checkpoint()
+    pbar.close()
+    print(f"[dva.bc] step {step}/{args.steps}, {seconds / 60:.1f} min of training -> {out}", flush=True)
+    return 0
+
+
+class BCPolicy:
+    """The protocol interface (`reset(seed)`, `act(obs)`) around a trained BCNet."""
+
+    def __init__(self, checkpoint, execute: int | None = None):
+        ck = load_checkpoint(checkpoint)
+        self.net = BCNet(ck["config"])
+        self.net.load_state_dict(ck["model"])
+        self.net.eval()
+        self.execute = execute or ck["config"].chunk
+        if not 1 <= self.execute <= ck["config"].chunk:
+            raise ValueError(f"execute must be in 1..{ck['config'].chunk}, got {self.execute}")
+
+    def reset(self, seed: int) -> None:
+        self.prev, self.plan, self.k = None, None, 0
+
+    @torch.inference_mode()
+    def act(self, obs: dict) -> np.ndarray:
+        cur = torch.from_numpy(obs["pixels"])
+        prev = cur if self.prev is None else self.prev
+        self.prev = cur
+        if self.plan is None or self.k >= self.execute:
+            x = BCNet.to_input(torch.stack([prev, cur])[None])
+            self.plan = ((self.net(x)[0] + 1.0) * ACTION_SCALE).clamp(0, 512).double().numpy()
+            self.k = 0
+        self.k += 1
+        return self.plan[self.k - 1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dva.bc", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/expert"), help="expert dataset (dva.collect)")
+    p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc.pt is resumed if present")
+    p.add_argument("--steps", type=int, default=7000, help="optimizer steps (cosine LR to zero at the last)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    for f in dataclasses.fields(BCConfig):
+        p.add_argument(f"--{f.name}", type=int, default=f.default, help=f"model: {f.name} (new runs only)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        p.error("--steps and --batch must be >= 1")
+    try:
+        return train(args)
+    except ValueError as e:  # bad dataset or checkpoint: the message names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The pixel-BC peer (dva.bc): its samples, its augmentation, exact resume, and the policy in the
+real gym-pusht env through dva.eval."""
+import numpy as np
+import pytest
+import torch
+
+from dva import eval as dva_eval
+from dva.bc import ACTION_SCALE, BCData, BCNet, BCPolicy, main, random_shift
+from dva.data.store import load_dataset
+from dva.pusht.render import render_frames
+from test_data_store import make_dataset
+
+SMALL = ["--width", "8", "--hidden", "16", "--chunk", "4", "--batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bc") / "expert"
+    make_dataset(root, [5, 3, 6], shard_size=2)
+    return root
+
+
+def test_samples_pair_each_frame_with_its_predecessor_and_next_actions(data):
+    ds, d = load_dataset(data, frames=False), BCData(data, chunk=4, progress=False)
+    assert len(d) == 5 + 3 + 6  # every frame that has an action after it
+    i = 5  # episode 1, t = 0: its own predecessor (as at reset), then t = 1
+    assert d.cur[i] == d.prev[i] == ds.state_start[1] and d.prev[i + 1] == d.cur[i]
+    acts = ds.episode_arrays(1)["actions"]  # 3 actions: the chunk repeats the last past the end
+    want = np.stack([acts[1], acts[2], acts[2], acts[2]]) / ACTION_SCALE - 1
+    assert torch.allclose(d.actions[i + 1], torch.from_numpy(want).float())
+    x, y = d.batch(torch.tensor([i + 1]))
+    frames = render_frames(torch.from_numpy(ds.states[[ds.state_start[1], ds.state_start[1] + 1]]))
+    assert x.shape == (1, 6, 96, 96) and y.shape == (1, 4, 2)
+    assert torch.equal(x[0, 3:], frames[1].permute(2, 0, 1).float() / 255 - 0.5)  # current frame last
+
+
+def test_random_shift_translates_every_channel_together():
+    x = torch.randn(3, 6, 10, 12)
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="replicate")
+    for b in range(3):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(out[b], padded[b, :, dy:dy + 10, dx:dx + 12])]
+        assert hits, f"sample {b} is not a shifted copy of its input"
+    assert torch.equal(random_shift(x, 0, torch.Generator()), x)
+
+
+def test_ctrl_c_saves_and_the_same_command_continues_exactly(data, tmp_path, monkeypatch):
+    cmd = ["--data", str(data), "--steps", "4", *SMALL]
+    assert main([*cmd, "--out", str(tmp_path / "a")]) == 0
+    forward, calls = BCNet.forward, []
+
+    def interrupted(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, x)
+
+    monkeypatch.setattr(BCNet, "forward", interrupted)
+    assert main([*cmd, "--out", str(tmp_path / "b")]) == 0  # Ctrl-C during step 3: saved at step 2
+    assert torch.load(tmp_path / "b" / "bc.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(BCNet, "forward", forward)
+    assert main([*cmd, "--out", str(tmp_path / "b")]) == 0
+    a, b = (torch.load(tmp_path / r / "bc.pt", weights_only=True) for r in "ab")
+    assert b["step"] == 4 and [r["l1_px"] for r in a["log"]] == [r["l1_px"] for r in b["log"]]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k}: the resumed run differs from the straight one"
+
+
+def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
+    assert main(["--data", str(data), "--out", str(tmp_path), "--steps", "2", *SMALL]) == 0
+    pol = BCPolicy(tmp_path / "bc.pt", execute=2)
+    calls = []
+    pol.net.register_forward_hook(lambda *a: calls.append(1))
+    from dva.pusht.protocol import run_episode
+
+    res = run_episode(pol, 100, max_steps=7)
+    assert res.steps == 7 and len(calls) == 4  # looks at steps 0, 2, 4, 6
+    out = tmp_path / "eval.json"
+    assert dva_eval.main(["--policy", "bc", "--checkpoint", str(tmp_path / "bc.pt"), "--seeds", "100,101",
+                          "--max-steps", "5", "--quiet", "--out", str(out)]) == 0
+    assert "bc: score" in capsys.readouterr().out and out.is_file()
+
+
+def test_bad_inputs_name_the_file(tmp_path, capsys):
+    assert dva_eval.main(["--policy", "bc", "--seeds", "100", "--quiet"]) == 2
+    assert "--policy bc needs --checkpoint" in capsys.readouterr().err
+    bad = tmp_path / "bc.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=str(bad)):
+        BCPolicy(bad)
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
