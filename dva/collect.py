@@ -3,9 +3,10 @@
     python -m dva.collect --policy random --episodes 200 --workers 2 --out data/random
 
 Episode i uses env seed (--seed + i) for both gym-pusht's reset and the policy, so a dataset is
-a deterministic function of its config. Re-running the same command resumes: shards listed in
-the manifest are kept and only missing episodes are collected (an interrupt loses at most the
-shards in flight); re-running with a larger --episodes extends the dataset. State-only shards
+a deterministic function of its config. Re-running the same command resumes: every shard listed
+in the manifest is verified (size and sha256), good ones are kept, a missing, truncated or
+altered one is named and collected again, and only missing episodes are collected (an interrupt
+loses at most the shards in flight); re-running with a larger --episodes extends the dataset. State-only shards
 by default (the loader re-renders frames exactly); --frames also stores gym-pusht's pixels.
 
 Recovery data (DAgger for a video policy): with --start-states FILE (an .npz of `states` (N, 5)
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dva.data.store import DatasetError, Episode, Manifest, shard_name, write_shard
+from dva.data.store import DatasetError, Episode, Manifest, read_shard, shard_name, write_shard
 from dva.pusht.protocol import MAX_STEPS, SEEDS
 
 
@@ -148,6 +149,28 @@ def plan_shards(manifest: Manifest, episodes: int, shard_size: int) -> list[tupl
     return todo
 
 
+def drop_bad_shards(man: Manifest, out: Path, progress: bool = True) -> list[str]:
+    """Check every shard the manifest lists against its entry (size, sha256, counts). A missing,
+    truncated or altered one is dropped from the manifest, so its episodes are collected again
+    (they are a deterministic function of the config), and its file is kept as *.bad for a look.
+    Returns one line per bad shard, naming the file and the reason."""
+    from tqdm import tqdm
+
+    keep, bad = [], []
+    for entry in tqdm(man.shards, desc=f"verify {out.name}", unit="shard", disable=not progress):
+        try:
+            read_shard(out / entry["file"], entry, frames=False)
+            keep.append(entry)
+        except DatasetError as e:
+            bad.append(str(e))
+            if (out / entry["file"]).exists():
+                (out / entry["file"]).replace(out / (entry["file"] + ".bad"))
+    if bad:
+        man.shards = keep
+        man.save(out)
+    return bad
+
+
 def collect(cfg: CollectConfig, out: Path, episodes: int, workers: int = 1, progress: bool = True) -> Manifest:
     """Collect (or resume collecting) `episodes` episodes into `out`. Returns the manifest."""
     from tqdm import tqdm
@@ -174,6 +197,8 @@ def collect(cfg: CollectConfig, out: Path, episodes: int, workers: int = 1, prog
         if man.gym_pusht_version != gym_pusht_version():
             raise DatasetError(f"{out / 'manifest.json'}: collected with gym-pusht {man.gym_pusht_version}, "
                                f"this is {gym_pusht_version()} (seeds are not comparable across versions)")
+        for line in drop_bad_shards(man, out, progress):
+            print(f"warning: {line}; its episodes are collected again (the file is kept as .bad)", file=sys.stderr)
     else:
         man = Manifest(config={"collect": cfg.identity(), "code": code_version(cfg.policy)},
                        gym_pusht_version=gym_pusht_version())

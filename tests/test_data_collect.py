@@ -56,6 +56,24 @@ def test_resume_after_interrupt(tmp_path):
     assert len(leftovers) <= 1  # at most the temp file of the shard that was being written
 
 
+def test_resume_repairs_a_truncated_or_missing_shard(tmp_path, capsys):
+    cmd = ["--policy", "random", "--episodes", "6", "--max-steps", "10", "--shard-size", "2",
+           "--out", str(tmp_path), "--quiet"]
+    assert main(cmd) == 0
+    good = load_dataset(tmp_path)
+    shards = sorted(tmp_path.glob("shard_*.npz"))
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # truncated in place
+    shards[2].unlink()  # gone
+    capsys.readouterr()
+    assert main(cmd) == 0
+    err = capsys.readouterr().err
+    assert f"{shards[1]}: truncated" in err and f"{shards[2]}: shard listed in the manifest is missing" in err
+    _same(load_dataset(tmp_path), good)  # re-collected, identical
+    assert (tmp_path / (shards[1].name + ".bad")).read_bytes() == data[: len(data) // 2]
+    assert main(cmd) == 0 and capsys.readouterr().err == ""  # a sound dataset is left alone
+
+
 def test_extend_and_config_mismatch(tmp_path, capsys):
     base = ["--policy", "random", "--max-steps", "10", "--shard-size", "3", "--out", str(tmp_path), "--quiet"]
     assert main(base + ["--episodes", "4"]) == 0
