@@ -34,7 +34,8 @@ def test_train_step_throughput(benchmark, name, batch, seq_len, impl):
     if impl != "eager" and not CUDA:
         pytest.skip("CPU: dvakern training runs the reference ops; compile of a train step takes minutes")
     torch.manual_seed(0)
-    cfg = preset(name, backend="ref" if impl in ("eager", "compile") else "auto")  # DVA() applies it
+    dvakern.set_backend("ref" if impl in ("eager", "compile") else "auto")  # reset to 'auto' below
+    cfg = preset(name)
     model = DVA(cfg).to(DEV).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch, seq_len, 3, 96, 96, device=DEV) * 2 - 1

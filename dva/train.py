@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import dvakern
 from dva import checkpoint as ckpt
 from dva.data.loader import MixtureSchedule, SequenceLoader
 from dva.data.store import DatasetError
@@ -104,7 +105,7 @@ VAL_SEED = 0
 # config fields that only change the loss or inference, not the weights: --init may change them
 # (warp_interp and warp_anchor change the forward pass but no weight: a fine-tune learns them)
 # (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "policy_loss", "sampler_steps", "backend", "warp_interp", "warp_anchor")
+_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "policy_loss", "sampler_steps", "warp_interp", "warp_anchor")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:
@@ -165,6 +166,11 @@ def append_jsonl(path: Path, rec: dict) -> None:
 
 # ---- the loop ---------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
+    with dvakern.backend(cfg.backend):  # this run's kernel switch (--backend), restored after it
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict:
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
     if cfg.device == "auto":

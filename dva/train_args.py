@@ -210,7 +210,7 @@ def parse_args(argv=None) -> TrainConfig:
 
 def model_config(cfg: TrainConfig) -> DVAConfig:
     """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
-    return preset(cfg.preset, backend=cfg.backend, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
+    return preset(cfg.preset, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
                   ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
                   self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
                   warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,

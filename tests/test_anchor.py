@@ -35,7 +35,7 @@ def _shifting_model(anchor: bool, shift=(0.3, -0.2)):
     step, and a zero residual (the decoder's zero-initialised output): each dream is exactly the
     warp of its source."""
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, body_masks=0.05, warp_anchor=anchor)).eval()
+    m = DVA(preset("tiny", warp=True, warp_layers=3, body_masks=0.05, warp_anchor=anchor)).eval()
     with torch.no_grad():
         m.decoder.flow.weight.zero_()
         m.decoder.flow.bias.copy_(torch.tensor(shift) / FLOW_GAIN)
@@ -102,7 +102,7 @@ def test_self_forcing_rolls_out_anchored_dreams_as_dream_does():
 
     def model(anchor):
         torch.manual_seed(0)
-        m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, body_masks=0.05, warp_anchor=anchor,
+        m = DVA(preset("tiny", warp=True, warp_layers=3, body_masks=0.05, warp_anchor=anchor,
                        self_forcing=1.0, self_forcing_depth=K))
         with torch.no_grad():
             for w in (m.decoder.flow.weight, m.decoder.rigid.mask.weight, m.decoder.out.weight):

@@ -15,7 +15,7 @@ from dva.model.idm import IDM
 
 def _models(seed=0):
     torch.manual_seed(seed)
-    cfg = preset("tiny", backend="ref")
+    cfg = preset("tiny")
     m, idm = DVA(cfg), IDM(cfg)
     with torch.no_grad():
         for p in list(m.parameters()) + list(idm.parameters()):

@@ -39,7 +39,7 @@ def tiny_ckpt(tmp_path_factory):
     """A real checkpoint of a randomly initialised tiny model (output layers un-zeroed so the
     dream depends on its inputs, as after training)."""
     torch.manual_seed(0)
-    cfg = preset("tiny", backend="ref")
+    cfg = preset("tiny")
     model, idm = DVA(cfg), IDM(cfg)
     with torch.no_grad():
         for p in list(model.parameters()) + list(idm.parameters()):

@@ -22,7 +22,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    cfg = preset("tiny", backend="ref")
+    cfg = preset("tiny")
     model, idm = DVA(cfg).eval(), IDM(cfg).eval()
     # The model zero-initialises its output layers (every block starts as the identity), which
     # would make an untrained dream ignore its inputs; give those weights small random values so
@@ -127,7 +127,7 @@ def test_the_executed_action_reaches_a_model_that_reads_it():
     """plan(..., executed): the action executed into the observed frame conditions the first
     predicted frame of a DVAConfig.prev_action model (and is ignored by one without it)."""
     torch.manual_seed(1)
-    cfg = preset("tiny", backend="ref", prev_action=True)
+    cfg = preset("tiny", prev_action=True)
     model, idm = DVA(cfg).eval(), IDM(cfg).eval()
     with torch.no_grad():
         for p in list(model.parameters()) + list(idm.parameters()):

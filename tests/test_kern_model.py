@@ -14,7 +14,7 @@ config = pytest.importorskip("dva.model.config")
 def test_tiny_dva_agrees_across_backends(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
-    m = dva_model.DVA(config.preset("tiny", backend="ref")).eval()
+    m = dva_model.DVA(config.preset("tiny")).eval()
     with torch.no_grad():
         for p in m.parameters():  # randomise zero-initialised layers so every path carries signal
             p.add_(torch.randn_like(p) * 0.05)
@@ -34,3 +34,18 @@ def test_tiny_dva_agrees_across_backends(monkeypatch):
     finally:
         dvakern.set_backend("auto")
     torch.testing.assert_close(out["triton"], out["ref"], atol=1e-4, rtol=1e-4)
+
+
+def test_building_or_loading_a_model_leaves_the_kernel_switch_alone(tmp_path):
+    """The backend is the process's (dvakern.set_backend), never a model's: before, DVA() reset it
+    to its config's, even inside `with dvakern.backend('ref')`."""
+    from dva.checkpoint import load
+    from dva.policy import PACKAGED_CHECKPOINT
+
+    with dvakern.backend("ref"):
+        dva_model.DVA(config.preset("tiny"))
+        assert dvakern.get_backend() == "ref"
+        load(PACKAGED_CHECKPOINT)  # its JSON still carries the retired 'backend': "auto"
+        assert dvakern.get_backend() == "ref"
+    cfg = config.DVAConfig.from_dict({**config.preset("tiny").to_dict(), "backend": "triton"})
+    assert cfg == config.preset("tiny") and "backend" not in cfg.to_dict()

@@ -15,7 +15,7 @@ from dva.model.idm import IDM
 
 
 def tiny(**kw) -> DVAConfig:
-    return preset("tiny", backend="ref", **kw)
+    return preset("tiny", **kw)
 
 
 def seq(B=2, T=5, seed=0):
@@ -257,8 +257,8 @@ def test_context_noise_only_in_training():
     from dva.model.config import preset
 
     torch.manual_seed(0)
-    a = DVA(preset("tiny", backend="ref", ctx_noise=0.1))
-    b = DVA(preset("tiny", backend="ref", ctx_noise=0.0))
+    a = DVA(preset("tiny", ctx_noise=0.1))
+    b = DVA(preset("tiny", ctx_noise=0.0))
     b.load_state_dict(a.state_dict())
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
@@ -278,7 +278,7 @@ def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
     of it from the real frames before it (what an autoregressive dream feeds back); frame 0 and
     the eval-mode loss are untouched."""
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", self_forcing=1.0))
+    m = DVA(preset("tiny", self_forcing=1.0))
     x = torch.rand(2, 5, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 5, 2) * 512
     clean = x[:, :-1]
@@ -290,7 +290,7 @@ def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
     torch.testing.assert_close(seen[:, 1:], want, rtol=0, atol=1e-6)
     assert (seen[:, 1:] - clean[:, 1:]).abs().mean() > 0.1  # an untrained model predicts badly
 
-    off = DVA(preset("tiny", backend="ref"))
+    off = DVA(preset("tiny"))
     off.load_state_dict(m.state_dict())
 
     def loss(model, train):
@@ -309,7 +309,7 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
     the same noise), and frames after K are K-deep approximations of it; depth 1 is one pass."""
     torch.manual_seed(0)
     T, K = 5, 3
-    m = DVA(preset("tiny", backend="ref", warp=True, self_forcing=1.0, self_forcing_depth=K))
+    m = DVA(preset("tiny", warp=True, self_forcing=1.0, self_forcing_depth=K))
     with torch.no_grad():  # a non-zero warp head, so the rollout resamples the dreamed frames
         m.decoder.flow.weight.normal_(0, 0.05)
     x = torch.rand(2, T, 3, 96, 96) * 2 - 1
@@ -324,7 +324,7 @@ def test_self_forcing_depth_is_the_exact_autoregressive_rollout():
     dream = torch.stack(dream, 1)
     torch.testing.assert_close(seen[:, : K + 1], dream[:, : K + 1], rtol=0, atol=1e-4)  # batch shapes differ
     assert (seen[:, K + 1:] - dream[:, K + 1:]).abs().amax() > 1e-2  # beyond K: not yet converged
-    one = DVA(preset("tiny", backend="ref", warp=True, self_forcing=1.0))
+    one = DVA(preset("tiny", warp=True, self_forcing=1.0))
     one.load_state_dict(m.state_dict())
     first = one._self_force(x, act, generator=torch.Generator().manual_seed(5))[0]
     torch.testing.assert_close(first[:, :2], dream[:, :2], rtol=0, atol=1e-4)  # frame 1: exact at any depth
@@ -345,7 +345,7 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss, bod
     from dva.pusht.flow import body_labels, motion_field
 
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss,
+    m = DVA(preset("tiny", loss=kind, motion_weight=5.0, warp=warp_loss > 0, warp_loss=warp_loss,
                    flow_loss=flow_loss, warp_layers=3 if body_masks else 0, body_masks=body_masks))
     if warp_loss:  # a non-zero displacement, so that the warped frame differs from frame t
         torch.nn.init.normal_(m.decoder.flow.weight, std=0.05)
@@ -403,15 +403,15 @@ def test_warp_moves_pixels_and_a_zero_head_is_the_residual_model():
     torch.testing.assert_close(warp(f, flow)[..., 2:, :93], f[..., :94, 3:], rtol=0, atol=5e-5)
 
     torch.manual_seed(0)
-    plain = DVA(preset("tiny", backend="ref")).eval()
-    warped = DVA(preset("tiny", backend="ref", warp=True)).eval()
+    plain = DVA(preset("tiny")).eval()
+    warped = DVA(preset("tiny", warp=True)).eval()
     missing = warped.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert sorted(missing) == ["decoder.flow.bias", "decoder.flow.weight"]
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
     torch.testing.assert_close(warped(x, act, generator=g()), plain(x, act, generator=g()), rtol=1e-5, atol=1e-6)
-    loss = DVA(preset("tiny", backend="ref", warp=True)).train()(x, act, generator=g())
+    loss = DVA(preset("tiny", warp=True)).train()(x, act, generator=g())
     loss.backward()
 
 
@@ -501,7 +501,7 @@ def test_rigid_layers_fit_one_rotation_and_shift_per_layer():
     torch.testing.assert_close(d[:, 0, :, 52:], torch.full((1, 96, 44), -2.0), rtol=0, atol=1e-4)
 
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, warp_loss=0.5)).train()
+    m = DVA(preset("tiny", warp=True, warp_layers=3, warp_loss=0.5)).train()
     with torch.no_grad():  # a non-zero dense field (at init it is zero: no gradient reaches the masks)
         m.decoder.flow.weight.normal_(0, 0.05)
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
@@ -536,7 +536,7 @@ def test_validate_reads_either_warp_head_in_pixels(layers):
     from dva.model.validate import validate
 
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=layers)).eval()
+    m = DVA(preset("tiny", warp=True, warp_layers=layers)).eval()
     with torch.no_grad():
         m.decoder.flow.bias[0] = 2.0 / FLOW_GAIN  # a shift, which the rigid layers keep as it is
     x = torch.rand(1, 5, 3, 96, 96) * 2 - 1
@@ -560,7 +560,7 @@ def test_validate_scores_the_body_layers_against_the_next_frames_t():
     from dva.pusht.flow import body_labels
 
     torch.manual_seed(0)
-    m = DVA(preset("tiny", backend="ref", warp=True, warp_layers=3, body_masks=0.1)).eval()
+    m = DVA(preset("tiny", warp=True, warp_layers=3, body_masks=0.1)).eval()
     states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(1, 5, 5) * torch.tensor([20, 20, 5, 5, 0.1])
     true = torch.nn.functional.one_hot(body_labels(states[0, 1:])[:, 1::2, 1::2], 3).permute(0, 3, 1, 2).float()
 

@@ -97,7 +97,6 @@ class DVAConfig:
     # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
     idm_ch: tuple[int, ...] = (32, 64, 128, 128)
     groups: int = 8  # GroupNorm groups everywhere
-    backend: str = "auto"  # dvakern backend: 'ref' | 'triton' | 'auto'
 
     def __post_init__(self):
         self.enc_ch = tuple(int(c) for c in self.enc_ch)
@@ -144,8 +143,6 @@ class DVAConfig:
                              f"{self.policy_loss} (action_dropout={self.action_dropout})")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
-        if self.backend not in ("ref", "triton", "auto"):
-            raise ValueError(f"backend must be 'ref', 'triton' or 'auto', got {self.backend!r}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -156,12 +153,18 @@ class DVAConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DVAConfig":
+        d = {k: v for k, v in d.items() if k not in RETIRED}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown DVAConfig fields {unknown}")
         return cls(**d)
 
+
+# fields that older checkpoints' JSON carries and that no longer configure a model: dropped on load.
+# backend: the dvakern kernel switch is the process's (dvakern.set_backend, DVA_BACKEND, or
+# `python -m dva.train --backend`), not a model's: building a model must not change it.
+RETIRED = ("backend",)
 
 WARP_INTERPS = ("bilinear", "bicubic")  # DVAConfig.warp_interp: grid_sample modes the warp may use
 

@@ -51,7 +51,6 @@ class DVA(nn.Module):
     def __init__(self, cfg: DVAConfig):
         super().__init__()
         self.cfg = cfg
-        dvakern.set_backend(cfg.backend)
         self.encoder = Encoder(cfg)
         self.transformer = CausalTransformer(cfg)
         self.decoder = FlowUNet(cfg)
