@@ -31,6 +31,22 @@ except Exception:  # no triton (or a broken install): the ops fall back to their
     HAVE_TRITON = False
 
 
+def triton_op(name: str, mutates_args):
+    """`torch.library.triton_op` when Triton imports; otherwise the same op as a plain
+    `custom_op` (same schema, fake and autograd registrations; it only ever runs the reference).
+    Why: without Triton, torch's triton_op logs "Triton not available" once per op at import,
+    four warnings before any CLI had done anything."""
+    if HAVE_TRITON:
+        return torch.library.triton_op(name, mutates_args=mutates_args)
+
+    def register(fn):
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        op.register_fake(fn)  # as triton_op does: its body on fake tensors (the reference path) is the fake
+        return op
+
+    return register
+
+
 def jit(fn):
     """`triton.jit` when Triton imports; otherwise the plain function (never launched)."""
     return triton.jit(fn) if HAVE_TRITON else fn

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import compute, get_backend, use_triton
-from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl
+from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl, triton_op
 from .gn_silu import _check as _check_gn
 from .gn_silu import gn_mod_silu, gn_mod_silu_ref, gn_stats_triton
 
@@ -137,7 +137,7 @@ def pack_conv_weight(conv_weight):
     return conv_weight.permute(2, 3, 1, 0).reshape(9 * cin, cout).contiguous()
 
 
-@torch.library.triton_op("dvakern::gn_silu_conv3x3", mutates_args=())
+@triton_op("dvakern::gn_silu_conv3x3", mutates_args=())
 def _gn_conv_op(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, scale: Optional[torch.Tensor],
                 shift: Optional[torch.Tensor], num_groups: int, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
                 residual: Optional[torch.Tensor], eps: float) -> torch.Tensor:

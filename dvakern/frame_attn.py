@@ -17,7 +17,7 @@ import math
 import torch
 
 from ._backend import compute, use_triton
-from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl
+from ._triton import cdiv, dot_precision, jit, kernel, next_pow2, tl, triton_op
 
 _LOG2E = 1.4426950408889634
 
@@ -269,7 +269,7 @@ def _bwd_torch(do, q, k, v, o, lse, tokens_per_frame, scale, window):
 
 
 # ------------------------------------------------------------------------------ registration
-@torch.library.triton_op("dvakern::frame_attn_fwd", mutates_args=())
+@triton_op("dvakern::frame_attn_fwd", mutates_args=())
 def _fa_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
                scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     # window <= 0: unlimited
@@ -278,7 +278,7 @@ def _fa_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_fra
     return _fwd_torch(q, k, v, tokens_per_frame, scale, window)
 
 
-@torch.library.triton_op("dvakern::frame_attn_bwd", mutates_args=())
+@triton_op("dvakern::frame_attn_bwd", mutates_args=())
 def _fa_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                lse: torch.Tensor, tokens_per_frame: int, scale: float,
                window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import compute, get_backend, use_triton
-from ._triton import cdiv, jit, kernel, next_pow2, tl
+from ._triton import cdiv, jit, kernel, next_pow2, tl, triton_op
 
 
 def _out_format(x):
@@ -333,7 +333,7 @@ def _cpu_fwd(x, weight, bias, scale, shift, num_groups, eps):
 
 
 # ------------------------------------------------------------------------------ registration
-@torch.library.triton_op("dvakern::gn_mod_silu_fwd", mutates_args=())
+@triton_op("dvakern::gn_mod_silu_fwd", mutates_args=())
 def _gn_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: Optional[torch.Tensor],
                shift: Optional[torch.Tensor], num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if x.device.type == "cuda" or use_triton(x):
@@ -341,7 +341,7 @@ def _gn_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale:
     return _cpu_fwd(x, weight, bias, scale, shift, num_groups, eps)
 
 
-@torch.library.triton_op("dvakern::gn_mod_silu_bwd", mutates_args=())
+@triton_op("dvakern::gn_mod_silu_bwd", mutates_args=())
 def _gn_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                scale: Optional[torch.Tensor], shift: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                num_groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import math
 import torch
 
 from ._backend import compute, use_triton
-from ._triton import dot_precision, jit, kernel, next_pow2, tl
+from ._triton import dot_precision, jit, kernel, next_pow2, tl, triton_op
 from .rope import apply_rope_ref
 
 
@@ -163,7 +163,7 @@ def ring_decode_triton(q, k_new, v_new, k_cache, v_cache, slot_pos, pos, rope_ba
     return o
 
 
-@torch.library.triton_op("dvakern::ring_decode", mutates_args=("k_cache", "v_cache", "slot_pos"))
+@triton_op("dvakern::ring_decode", mutates_args=("k_cache", "v_cache", "slot_pos"))
 def _ring_decode_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, slot_pos: torch.Tensor, pos: torch.Tensor, rope_base: float,
                     scale: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ._backend import compute, use_triton
-from ._triton import cdiv, jit, kernel, tl
+from ._triton import cdiv, jit, kernel, tl, triton_op
 
 
 def flow_step_ref(x, v, tau, tau_next):
@@ -61,7 +61,7 @@ def flow_step_triton(x, v, tau, tau_next):
     return out
 
 
-@torch.library.triton_op("dvakern::flow_step", mutates_args=())
+@triton_op("dvakern::flow_step", mutates_args=())
 def _flow_step_op(x: torch.Tensor, v: torch.Tensor, tau: torch.Tensor, tau_next: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cuda" or use_triton(x):
         return flow_step_triton(x, v, tau, tau_next)
