@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     e.add_argument("dst", help="output stem, e.g. dva/assets/dva_s")
     e.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="weight dtype (default: fp16)")
     e.add_argument("--sampler-steps", type=int, default=None,
-                   help="set the model's default sampler steps (pick them with python -m dva.model.validate --steps N); "
+                   help="set the model's default sampler steps (pick them with python -m dva.pusht.validate --steps N); "
                         "default: keep the training config's")
     e.add_argument("--warp-anchor", choices=["on", "off"], default=None,
                    help="anchored dreams: the T and disc sample the last real frame by their composed motion "

@@ -34,7 +34,8 @@ from dva.model.config import DVAConfig
 from dva.model.dva import DVA, param_count
 from dva.model.frames import from_frames, norm_action
 from dva.model.idm import IDM
-from dva.model.validate import dream_strip, validate
+from dva.pusht.flow import body_labels, motion_field
+from dva.pusht.validate import dream_strip, validate
 from dva.train_args import TrainConfig, make_schedule, model_config, parse_args, parse_sources  # noqa: F401
 
 
@@ -55,9 +56,11 @@ class Trainee(nn.Module):
         self.idm = IDM(mcfg) if which in ("idm", "both") else None
 
     def forward(self, x, actions, generator=None, states=None):
+        """states (B, L, 5): the PushT states of the frames; the losses that need per-pixel targets
+        from a simulator (flow, body labels) get them from dva.pusht.flow, the model never sees states."""
         out = {}
         if self.dva is not None:
-            out["loss_dva"] = self.dva(x, actions, generator=generator, states=states,
+            out["loss_dva"] = self.dva(x, actions, generator=generator, **simulator_targets(states, self.dva.cfg),
                                        action_reader=self._frozen_idm if self.idm is not None else None)
         if self.idm is not None:
             out["loss_idm"], out["idm_err_px"] = self.idm.loss(x, actions)
@@ -68,6 +71,17 @@ class Trainee(nn.Module):
         weights (they learn from real frames only, in loss_idm)."""
         params = {k: v.detach() for k, v in self.idm.named_parameters()}
         return norm_action(torch.func.functional_call(self.idm, params, (prev, cur, nxt)))
+
+
+def simulator_targets(states, mcfg: DVAConfig) -> dict:
+    """The optional per-pixel targets of DVA.forward that PushT's states give: the true motion
+    (flow_loss) and which body each pixel shows (body_masks); {} without states."""
+    out = {}
+    if states is not None and mcfg.flow_loss:
+        out["flow"] = motion_field(states[:, :-1], states[:, 1:], mcfg.img)  # (B, L-1, 2, H, W) px
+    if states is not None and mcfg.body_masks:
+        out["labels"] = body_labels(states[:, 1:], mcfg.img)  # (B, L-1, H, W)
+    return out
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

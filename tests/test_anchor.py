@@ -131,7 +131,9 @@ def test_self_forcing_rolls_out_anchored_dreams_as_dream_does():
     # and the training loss runs through the anchored contexts, with gradients for the warp head
     m = model(True).train()
     states = torch.rand(2, T, 5) * torch.tensor([512.0, 512.0, 512.0, 512.0, 2 * math.pi])
-    m(x, act, generator=torch.Generator().manual_seed(2), states=states).backward()
+    from dva.train import simulator_targets
+
+    m(x, act, generator=torch.Generator().manual_seed(2), **simulator_targets(states, m.cfg)).backward()
     assert m.decoder.flow.weight.grad.abs().sum() > 0 and m.decoder.rigid.mask.weight.grad.abs().sum() > 0
 
 

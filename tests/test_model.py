@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,7 +219,7 @@ def test_t_iou_measures_the_dreamed_t():
     """The T-rigidity metric of validation: 1 for the same frame, lower for a moved T, 0 without
     a T, and unaffected by where the disc is."""
     from dva.model.frames import from_frames
-    from dva.model.validate import t_iou
+    from dva.pusht.validate import t_iou
     from dva.pusht import render_frames
 
     s = torch.tensor([[100.0, 100.0, 300.0, 280.0, 0.7],
@@ -236,7 +237,7 @@ def test_t_iou_measures_the_dreamed_t():
 
 def test_t_rigid_iou_tells_a_moved_t_from_a_dissolved_one():
     from dva.model.frames import from_frames
-    from dva.model.validate import t_iou, t_rigid_iou
+    from dva.pusht.validate import t_iou, t_rigid_iou
     from dva.pusht import render_frames
 
     g = torch.Generator().manual_seed(1)
@@ -356,7 +357,9 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss, bod
     states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(2, 4, 5) * torch.tensor([20, 20, 5, 5, 0.1])
     got = {}
     h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("out", out))
-    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), states=states)
+    from dva.train import simulator_targets
+
+    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), **simulator_targets(states, m.cfg))
     h.remove()
     x_hat, warped, disp, logits = got["out"]
     target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
@@ -421,7 +424,7 @@ def test_bicubic_warp_keeps_a_t_through_repeated_subpixel_warps():
     bilinear blurs it (~0.81), the reason for DVAConfig.warp_interp. Both are exact for zero and
     whole-pixel shifts."""
     from dva.model.unet import warp
-    from dva.model.validate import t_iou
+    from dva.pusht.validate import t_iou
     from dva.pusht import render_frames
 
     f = from_frames(render_frames(torch.tensor([[100.0, 100.0, 256.0, 256.0, 0.7]], dtype=torch.float64)))
@@ -441,7 +444,7 @@ def test_bicubic_warp_keeps_a_t_through_repeated_subpixel_warps():
 
 
 def test_warp_ceiling_cli_names_bad_input(tmp_path, capsys):
-    from dva.model import warp_ceiling
+    from dva.pusht import warp_ceiling
 
     assert warp_ceiling.main(["--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
@@ -453,7 +456,7 @@ def test_warp_ceiling_cli_names_bad_input(tmp_path, capsys):
 def test_warp_stats_credit_a_displacement_that_follows_the_motion():
     """A frame whose content moved 2 px: the true displacement makes the warped frame alone match
     it (L1 on the moving pixels ~0, far below copying) and its magnitude is read back in px."""
-    from dva.model.validate import warp_stats
+    from dva.pusht.validate import warp_stats
     from dva.pusht.render import render_frames
 
     state = torch.tensor([[200.0, 300.0, 256.0, 256.0, 0.7]])
@@ -533,7 +536,7 @@ def test_validate_reads_either_warp_head_in_pixels(layers):
     """validate's warp stats hook the dense head (raw output x FLOW_GAIN) or the rigid layers
     (already in px): a head that shifts everything by (2, 0) px reads back as 2 px."""
     from dva.model.unet import FLOW_GAIN
-    from dva.model.validate import validate
+    from dva.pusht.validate import validate
 
     torch.manual_seed(0)
     m = DVA(preset("tiny", warp=True, warp_layers=layers)).eval()
@@ -556,7 +559,7 @@ def test_validate_reads_either_warp_head_in_pixels(layers):
 def test_validate_scores_the_body_layers_against_the_next_frames_t():
     """With supervised body layers (body_masks), validate reports the IoU of the T's layer with
     the T of each next frame: 1 for masks that are the true bodies, 0 for masks with no T."""
-    from dva.model.validate import validate
+    from dva.pusht.validate import validate
     from dva.pusht.flow import body_labels
 
     torch.manual_seed(0)
@@ -647,3 +650,18 @@ def test_prev_action_starts_as_the_model_without_it_and_then_conditions_the_drea
     p, known = m.prev_actions(act)
     assert known.tolist() == [False, True, True]
     torch.testing.assert_close(p[1:], norm_action(act[0, :2]))
+
+
+def test_the_model_package_knows_no_simulator():
+    """dva.model is a generic video-action model: frames, actions, optional per-pixel targets.
+    PushT (dva.pusht) and its dataset format (dva.data) stay outside it."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "dva" / "model"
+    bad = []
+    for f in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{f.name}: {n}" for n in names if n.startswith(("dva.pusht", "dva.data"))]
+    assert not bad, f"dva/model imports the simulator or the dataset format: {bad}"

@@ -49,7 +49,7 @@ def test_motion_field_is_zero_off_the_bodies_and_exact_on_the_disc():
 def test_body_labels_are_the_pixels_each_body_is_drawn_on():
     """body_labels says which body each pixel shows: the T's label covers the pixels drawn in the
     T's colours, the disc's those drawn in the disc's (on top of the T), the rest is static."""
-    from dva.model.validate import t_mask
+    from dva.pusht.validate import t_mask
     from dva.pusht import render as R
 
     lab = body_labels(S0)

@@ -38,13 +38,13 @@ class DVAConfig:
     # how the warp resamples frame t: 'bilinear' or 'bicubic'. Why bicubic: in a dream every frame
     # is the previous dream resampled, and bilinear sampling blurs at each step: warping held-out
     # expert frames by their *true* motion 8 times left the rigid-T IoU at 0.930 with bilinear,
-    # 0.961 with bicubic (`python -m dva.model.warp_ceiling`, docs/model.md)
+    # 0.961 with bicubic (`python -m dva.pusht.warp_ceiling`, docs/model.md)
     warp_interp: str = "bilinear"
     # anchored dreams (inference; needs body_masks): the T and disc layers of a dreamed frame
     # sample the last *real* frame by their motions composed since it, instead of the previous
     # dream, so a dream resamples the T once, not once per step. Why: re-warping the previous
     # dream 8 times caps the step-8 rigid-T IoU at 0.930 (bilinear) even with the true motion;
-    # one warp by the composed true motion reaches 0.967 (`python -m dva.model.warp_ceiling`)
+    # one warp by the composed true motion reaches 0.967 (`python -m dva.pusht.warp_ceiling`)
     warp_anchor: bool = False
     # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
     # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's

@@ -19,8 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dvakern
-from dva.pusht.flow import body_labels, motion_field, moving_bodies
-
 from . import frames as fr
 from .config import DVAConfig
 from .encoder import Encoder
@@ -41,6 +39,9 @@ class Context:
     anchor: torch.Tensor | None = None
     motion: torch.Tensor | None = None
 
+
+# A pixel whose true motion is over this many px moved (the flow loss weighs it up; dva.pusht.flow.moving_bodies).
+MOVED_PX = 0.05
 
 # The velocity (x_hat - x_tau) / (1 - tau) is capped near tau = 1 (never reached by the sampler,
 # whose last evaluation is at tau = 1 - 1/steps).
@@ -73,12 +74,15 @@ class DVA(nn.Module):
         out = self.transformer(tok.reshape(B, T * N, -1), N)  # (B, T*N, D)
         return Context(out.view(B * T, N, -1), feats, x.flatten(0, 1))
 
-    def forward(self, x, actions, generator=None, states=None, action_reader=None):
+    def forward(self, x, actions, generator=None, flow=None, labels=None, action_reader=None):
         """Flow-matching loss. x: (B, L, 3, H, W) in [-1, 1]; actions: (B, L, 2) pixel units
         (actions[:, t] leads from frame t to t+1). Positions 0..L-2 each predict their next frame
         with an independent noise level. The loss is on the predicted clean frame (x-prediction:
         the velocity loss weighted by (1 - tau)^2, which keeps it bounded near tau = 1).
-        states (B, L, 5): the gym-pusht states of the frames, needed only by cfg.flow_loss and cfg.body_masks.
+        Optional per-pixel targets, which a simulator source can give (dva.pusht.flow computes them
+        from PushT states): flow (B, L-1, 2, H, W) the true motion in px from each frame to the next,
+        needed only by cfg.flow_loss; labels (B, L-1, H, W) long, which layer (0 the static scene,
+        1.. the moving bodies) each pixel of the next frame shows, needed only by cfg.body_masks.
         action_reader(prev, cur, nxt) -> (n, 2) actions in [-1, 1] (a frozen IDM), needed only by
         cfg.policy_loss. Returns the scalar loss."""
         B, L = x.shape[:2]
@@ -119,9 +123,9 @@ class DVA(nn.Module):
         if self.cfg.warp_loss:  # the warped frame alone must explain the motion too
             loss = loss + self.cfg.warp_loss * self._pixel_loss(warped, target, w)
         if self.cfg.flow_loss:
-            loss = loss + self.cfg.flow_loss * self._flow_loss(disp, states)
+            loss = loss + self.cfg.flow_loss * self._flow_loss(disp, flow)
         if self.cfg.body_masks:
-            loss = loss + self.cfg.body_masks * self._mask_loss(logits, states)
+            loss = loss + self.cfg.body_masks * self._mask_loss(logits, labels)
         if self.cfg.policy_loss:
             loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
         return loss
@@ -154,26 +158,26 @@ class DVA(nn.Module):
         err = err.abs() if self.cfg.loss == "l1" else err**2
         return (err * w).sum() / (w.sum() * 3)
 
-    def _flow_loss(self, disp, states):
-        """L1 (px) of the dense displacement against the true motion (dva.pusht.flow), at the
-        head's resolution; pixels of a moving body weigh 1 + motion_weight, as in the image loss
-        (a translating T's interior changes no colour, yet its motion is what keeps it rigid)."""
-        if states is None:  # (DVAConfig already refuses flow_loss without the warp head)
-            raise ValueError("flow_loss needs the states of the training frames (a source recorded by dva.collect)")
-        true = motion_field(states[:, :-1], states[:, 1:], self.cfg.img).flatten(0, 1)  # (n, 2, H, W) px
-        w = 1.0 + self.cfg.motion_weight * moving_bodies(true)[:, None].float()
+    def _flow_loss(self, disp, flow):
+        """L1 (px) of the dense displacement against the true motion, at the head's resolution;
+        pixels that moved weigh 1 + motion_weight, as in the image loss (a translating body's
+        interior changes no colour, yet its motion is what keeps it rigid)."""
+        if flow is None:  # (DVAConfig already refuses flow_loss without the warp head)
+            raise ValueError("flow_loss needs the true motion of the training frames (flow=...: a source with states)")
+        true = flow.flatten(0, 1).float()  # (n, 2, H, W) px
+        w = 1.0 + self.cfg.motion_weight * (true.norm(dim=1, keepdim=True) > MOVED_PX).float()
         k = self.cfg.img // disp.shape[-1]
         true, w = F.avg_pool2d(true, k), F.avg_pool2d(w, k)
         return ((disp.float() - true).abs() * w).sum() / (w.sum() * 2)
 
-    def _mask_loss(self, logits, states):
+    def _mask_loss(self, logits, labels):
         """Cross-entropy of the rigid layers' masks against which body each pixel of the next frame
-        shows (dva.pusht.flow.body_labels, at the masks' resolution: the label at each cell's
-        centre pixel). The T and the disc are ~6% of a frame; weighting them up as the flow loss
-        does keeps the masks from settling on "all static"."""
-        if states is None:
-            raise ValueError("body_masks needs the states of the training frames (a source recorded by dva.collect)")
-        lab = body_labels(states[:, 1:], self.cfg.img).flatten(0, 1)  # (n, H, W)
+        shows (the label at each mask cell's centre pixel). The moving bodies are few pixels
+        (PushT: the T and the disc, ~6% of a frame); weighting them up as the flow loss does keeps
+        the masks from settling on "all static"."""
+        if labels is None:
+            raise ValueError("body_masks needs the body labels of the training frames (labels=...: a source with states)")
+        lab = labels.flatten(0, 1)  # (n, H, W)
         k = self.cfg.img // logits.shape[-1]
         lab = lab[:, k // 2::k, k // 2::k]  # (n, h, w)
         w = 1.0 + self.cfg.motion_weight * (lab > 0).float()

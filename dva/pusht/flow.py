@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from dva.model.dva import MOVED_PX
+
 from .render import AGENT_RADIUS, CANVAS, T_BAR, T_STEM
 
 # the T's edges are drawn as fat segments of radius 2 canvas px around its outline
@@ -28,8 +30,8 @@ _BOXES = (_box(T_BAR), _box(T_STEM))
 
 def moving_bodies(field: torch.Tensor) -> torch.Tensor:
     """(..., 2, H, W) motion in px -> bool (..., H, W): the pixels of a body that moved (the flow
-    loss weighs them up, dva.model.validate measures the warp head on them)."""
-    return field.norm(dim=-3) > 0.05
+    loss weighs them up, dva.pusht.validate measures the warp head on them)."""
+    return field.norm(dim=-3) > MOVED_PX
 
 
 def _grid(size: int, device):

@@ -1,8 +1,8 @@
-"""How rigid can a warped dream stay at best? `python -m dva.model.warp_ceiling`
+"""How rigid can a warped dream stay at best? `python -m dva.pusht.warp_ceiling`
 
 Warps held-out frames by their *true* motion (dva.pusht.flow) instead of a model's, with the
 true background pasted in where the next frame shows no body, and reports the rigid-T IoU
-(dva.model.validate.t_rigid_iou) per step. Three ways:
+(dva.pusht.validate.t_rigid_iou) per step. Three ways:
 - `compound_<mode>`: each step warps the previous warped frame, as a dream re-warps the previous
   dream (mode: the sampling of DVAConfig.warp_interp);
 - `anchor_bilinear`: each step warps the last real frame once by the composed motion.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from dva.pusht.flow import body_labels, motion_field
+from dva.model.frames import from_frames
+from dva.model.unet import warp
 
-from .frames import from_frames
-from .unet import warp
+from .flow import body_labels, motion_field
 from .validate import t_rigid_iou
 
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from dva.data.loader import MixtureSchedule, SequenceLoader
     from dva.data.store import DatasetError
 
-    p = argparse.ArgumentParser(prog="python -m dva.model.warp_ceiling", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dva.pusht.warp_ceiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/expert", help="a source recorded by dva.collect (default: data/expert)")
     p.add_argument("--sequences", type=int, default=16, help="held-out sequences (default: 16)")
@@ -61,12 +61,12 @@ def main(argv=None) -> int:
     for k in ("sequences", "batch", "ctx", "dream"):
         if getattr(a, k) < 1:
             p.error(f"--{k} must be >= 1, got {getattr(a, k)}")
-    try:  # the same held-out sequences as `python -m dva.model.validate --source expert --seed 0`
+    try:  # the same held-out sequences as `python -m dva.pusht.validate --source expert --seed 0`
         loader = SequenceLoader({"src": a.data}, seq_len=a.ctx + a.dream, batch_size=a.batch,
                                 schedule=MixtureSchedule.constant({"src": 1.0}), seed=0, split="val",
                                 val_fraction=a.val_fraction)
     except DatasetError as e:
-        print(f"dva.model.warp_ceiling: error: {e}", file=sys.stderr)
+        print(f"dva.pusht.warp_ceiling: error: {e}", file=sys.stderr)
         return 2
     rows = []
     for i in range((a.sequences + a.batch - 1) // a.batch):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dva.pusht.flow import T_BODY, body_labels, motion_field, moving_bodies
+from dva.model.dva import DVA
+from dva.model.frames import from_frames, to_frames
+from dva.model.idm import IDM
+from dva.model.unet import FLOW_GAIN, warp
 
-from .dva import DVA
-from .frames import from_frames, to_frames
-from .idm import IDM
-from .unet import FLOW_GAIN, warp
+from .flow import T_BODY, body_labels, motion_field, moving_bodies
 
 
 def t_mask(x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +247,7 @@ def dream_strip(x: torch.Tensor, dreams: torch.Tensor, n_ctx: int, path, rows: i
 
 
 def main(argv=None) -> int:
-    """Held-out metrics of a checkpoint: `python -m dva.model.validate --checkpoint runs/s/ckpt`."""
+    """Held-out metrics of a checkpoint: `python -m dva.pusht.validate --checkpoint runs/s/ckpt`."""
     import argparse
     import json
     import sys
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     from dva.data.loader import MixtureSchedule, SequenceLoader
     from dva.data.store import DatasetError
 
-    p = argparse.ArgumentParser(prog="python -m dva.model.validate", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m dva.pusht.validate", description=main.__doc__)
     p.add_argument("--checkpoint", default=None, help="checkpoint stem or file (default: the packaged dva_s)")
     p.add_argument("--data", action="append", default=None, metavar="NAME=DIR",
                    help="held-out source(s) (default: the checkpoint's training sources)")
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
                                 schedule=MixtureSchedule.constant({a.source: 1.0}), seed=a.seed, split="val",
                                 val_fraction=vf)
     except (ckpt.CheckpointError, DatasetError) as e:
-        print(f"dva.model.validate: error: {e}", file=sys.stderr)
+        print(f"dva.pusht.validate: error: {e}", file=sys.stderr)
         return 2
     from tqdm import tqdm
 
