@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint for --policy dva (default: the packaged model) or bc (OUT/bc.pt of dva.bc)")
     p.add_argument("--execute", type=int, default=None,
                    help="--policy bc: actions of each predicted chunk executed before it looks again "
-                        "(default: the whole chunk)")
+                        "(default: 1, chosen on the dev seeds)")
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")

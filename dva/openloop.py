@@ -15,8 +15,9 @@ from the disc, where the expert's is over 5 px) and the offset's length ratio (0
 what the planner knows (the executed and committed actions): "stay" (the pointer on the disc at
 t), "last" (repeat the last known action) and "constvel" (continue the last two known actions'
 velocity); and the IDM on the real frames (the error the plan would have if it dreamed the
-expert's frames exactly). Pick models by `first_free_px` (its per-plan values are in the JSON
-for paired comparisons).
+expert's frames exactly). With --bc, a pixel-BC peer (dva.bc) is scored on the same plans (its
+chunk read from frames t-1 and t; it is not given the committed action). Pick models by
+`first_free_px` (its per-plan values are in the JSON for paired comparisons).
 Episodes must come from seeds the model never trained on and not from the protocol's.
 """
 from __future__ import annotations
@@ -63,13 +64,15 @@ def step_stats(pred: np.ndarray, expert: np.ndarray, disc: np.ndarray) -> dict:
 
 
 def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, bc=None) -> dict:
+    """bc: a dva.bc.BCPolicy to score on the same plans (its chunk from frames t-1, t), or None."""
     from tqdm import tqdm
 
     model, idm, dev = planner.model, planner.idm, planner.device
     window = model.cfg.window
     n_eps = len(ds.steps) if max_episodes is None else min(max_episodes, len(ds.steps))
-    rows = {k: [] for k in ("plan", "expert", "disc", "stay", "last", "constvel")}
+    peers = ("stay", "last", "constvel") + (("bc",) if bc is not None else ())
+    rows = {k: [] for k in ("plan", "expert", "disc") + peers}
     idm_err = []
     for e in tqdm(range(n_eps), desc="openloop", unit="ep", disable=not progress):
         arr = ds.episode_arrays(e)
@@ -91,6 +94,8 @@ def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes
             rows["disc"].append(np.repeat(states[t, :2][None], horizon, 0))
             for k, v in baselines(states, actions, t, horizon, t + committed).items():
                 rows[k].append(v)
+            if bc is not None:
+                rows["bc"].append(bc.predict(frames[max(t - 1, 0)].numpy(), frames[t].numpy())[:horizon])
     if not rows["plan"]:
         raise ValueError(f"no episode is longer than --horizon {horizon}")
     R = {k: np.stack(v) for k, v in rows.items()}  # (samples, horizon, 2)
@@ -98,12 +103,14 @@ def evaluate(planner, ds, horizon: int, committed: int, every: int, max_episodes
     for j in range(committed, horizon):
         ex, disc = R["expert"][:, j], R["disc"][:, j]
         per_step.append({"step": j, **{k: step_stats(R[k][:, j], ex, disc)
-                                       for k in ("plan", "stay", "last", "constvel")}})
+                                       for k in ("plan",) + peers}})
     first = per_step[0]
     per_plan = np.linalg.norm(R["plan"][:, committed] - R["expert"][:, committed], axis=1)
     return {"first_free_px": first["plan"]["px_mean"], "first_free_px_median": first["plan"]["px_median"],
             "first_free_px_per_plan": [round(float(v), 3) for v in per_plan],  # for paired comparisons
             "first_free_cos_mean": first["plan"]["cos_mean"], "stay_px": first["stay"]["px_mean"],
+            **({"bc_px": first["bc"]["px_mean"], "bc_px_per_plan": [round(float(v), 3) for v in np.linalg.norm(
+                R["bc"][:, committed] - R["expert"][:, committed], axis=1)]} if bc is not None else {}),
             "idm_real_px": float(np.concatenate(idm_err).mean()) if idm_err else None,
             "samples": int(len(R["plan"])), "episodes": n_eps, "per_step": per_step}
 
@@ -120,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "conditions on the action being executed (default: 1)")
     p.add_argument("--every", type=int, default=5, help="plan at every N-th step of each episode (default: 5)")
     p.add_argument("--episodes", type=int, default=None, help="use the first N episodes (default: all)")
+    p.add_argument("--bc", type=Path, default=None,
+                   help="also score a pixel-BC checkpoint (OUT/bc.pt of `python -m dva.bc`) on the same plans")
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]' (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -145,6 +154,13 @@ def main(argv=None) -> int:
         dev = resolve_device(args.device)
         ckpt = PACKAGED_CHECKPOINT if args.checkpoint is None else args.checkpoint
         planner, meta = load_planner(ckpt, dev, PlannerConfig(sample_steps=args.sample_steps))
+        bc = None
+        if args.bc is not None:
+            from dva.bc import BCPolicy
+
+            bc = BCPolicy(args.bc)
+            if bc.net.cfg.chunk < args.horizon:
+                raise ValueError(f"--bc {args.bc} predicts {bc.net.cfg.chunk} actions, fewer than --horizon {args.horizon}")
     except (DatasetError, CheckpointUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,21 +169,22 @@ def main(argv=None) -> int:
         print(f"warning: --data holds protocol seeds ({clash[0]}..): they are for reporting, not for "
               f"choosing models", file=sys.stderr)
     t0 = time.perf_counter()
-    res = evaluate(planner, ds, args.horizon, args.committed, args.every, args.episodes, not args.quiet)
-    res = {"checkpoint": str(ckpt), "data": str(args.data), "seeds": [int(ds.seed.min()), int(ds.seed.max())],
+    res = evaluate(planner, ds, args.horizon, args.committed, args.every, args.episodes, not args.quiet, bc)
+    res = {"checkpoint": str(ckpt), "bc": None if args.bc is None else str(args.bc), "data": str(args.data), "seeds": [int(ds.seed.min()), int(ds.seed.max())],
            "horizon": args.horizon, "committed": args.committed, "every": args.every,
            "sample_steps": planner.sample_steps, "device": str(dev),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "seconds": round(time.perf_counter() - t0, 1), **res}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, res)
-    print(f"{'step':>4}  {'plan px':>14}  {'cos':>5}  {'ratio':>5}  {'stay px':>7}  {'last px':>7}  {'constvel px':>11}")
+    print(f"{'step':>4}  {'plan px':>14}  {'cos':>5}  {'ratio':>5}  {'stay px':>7}  {'last px':>7}  {'constvel px':>11}"
+          + ("  bc px" if bc is not None else ""))
     for r in res["per_step"]:
         p = r["plan"]
         fmt = (lambda v: "  -  " if v is None else f"{v:5.2f}")
         print(f"{r['step']:>4}  {p['px_mean']:6.1f} ({p['px_median']:5.1f})  {fmt(p['cos_mean'])}  "
               f"{fmt(p['offset_ratio_median'])}  {r['stay']['px_mean']:7.1f}  {r['last']['px_mean']:7.1f}  "
-              f"{r['constvel']['px_mean']:11.1f}")
+              f"{r['constvel']['px_mean']:11.1f}" + (f"  {r['bc']['px_mean']:5.1f}" if bc is not None else ""))
     print(f"first free action {res['first_free_px']:.1f} px (stay {res['stay_px']:.1f}); IDM on real frames "
           f"{res['idm_real_px']:.1f} px; {res['samples']} plans from {res['episodes']} episodes, "
           f"{res['seconds']:.0f} s -> {args.out}")

@@ -254,6 +254,53 @@ def test_openloop_scores_plans_against_the_expert(tiny_ckpt, tmp_path, capsys):
     assert b["stay"].tolist() == [[10, 10], [10, 10]] and b["last"].tolist() == [[6, 3], [6, 3]]
     assert b["constvel"][1].tolist() == [8, 4]
     assert len(d["first_free_px_per_plan"]) == d["samples"]
+    # the pixel-BC peer on the same plans: its chunk from frames (t-1, t), action t+1 scored
+    from dva.bc import BCPolicy
+    from dva.bc import main as bc_train
+    from dva.pusht.render import render_frames
+
+    assert bc_train(["--data", str(data), "--out", str(tmp_path / "bc"), "--steps", "2", "--width", "8",
+                     "--hidden", "16", "--batch", "4"]) == 0
+    assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "3", "--every", "4",
+                     "--device", "cpu", "--bc", str(tmp_path / "bc" / "bc.pt"), "--out", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    a = ds.episode_arrays(0)
+    f0 = render_frames(torch.from_numpy(a["states"][:1])).numpy()[0]
+    first = np.linalg.norm(BCPolicy(tmp_path / "bc" / "bc.pt").predict(f0, f0)[1] - a["actions"][1])
+    assert d["bc_px_per_plan"][0] == pytest.approx(first, abs=1e-3) and len(d["bc_px_per_plan"]) == d["samples"]
+    assert d["per_step"][0]["bc"]["px_mean"] == d["bc_px"]
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "2", "--committed", "2"]) == 2
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_probe_reads_the_action_off_the_context(tiny_ckpt, tmp_path, capsys):
+    """dva.probe on real expert episodes: ridge probes of the context and the tokens, and the
+    constant-velocity floor recomputed here by hand; the ridge itself recovers a linear map."""
+    from dva.collect import main as collect
+    from dva.data.store import load_dataset
+    from dva.probe import main as probe
+    from dva.probe import ridge
+
+    X = np.random.default_rng(0).normal(size=(400, 6))
+    y = X @ np.array([[1.0, -2], [0.5, 0], [0, 3], [1, 1], [-1, 0], [2, 2]]) + 7
+    pred, lam = ridge(X[:300], y[:300], X[300:], lambdas=(1e-6,))
+    assert np.abs(pred - y[300:]).max() < 1e-3 and lam == 1e-6
+
+    data = tmp_path / "expert"
+    assert collect(["--policy", "expert", "--episodes", "3", "--seed", "600000", "--max-steps", "20",
+                    "--out", str(data)]) == 0
+    out = tmp_path / "probe.json"
+    assert probe(["--checkpoint", str(tiny_ckpt), "--train", str(data), "--test", str(data), "--min-history", "2",
+                  "--out", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    ds, W = load_dataset(data, frames=False), 4  # the tiny preset's ring window
+    cv = []
+    for e in range(len(ds.steps)):
+        a = ds.episode_arrays(e)["actions"]
+        for s in range(0, len(a) - W + 1, W):
+            cv += [np.linalg.norm(np.clip(2 * a[t - 1] - a[t - 2], 0, 512) - a[t]) for t in range(s + 2, s + W)]
+    assert d["test_samples"] == len(cv) and d["constvel"]["px_mean"] == pytest.approx(np.mean(cv))
+    assert d["context"]["dims"] == d["tokens"]["dims"] == 4 * 32 and d["context"]["px_mean"] > 0
+    assert "context:" in capsys.readouterr().out
+    assert probe(["--checkpoint", str(tiny_ckpt), "--train", str(tmp_path / "nope"), "--test", str(data)]) == 2
