@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dva.data.store import atomic_write_json  # noqa: E402
 
-# The shipped recipe (docs/model.md, "The shipped checkpoint": $D plus stage 11's $M flags; it was
+# The shipped recipe (docs/history.md, "The shipped checkpoint": $D plus stage 11's $M flags; it was
 # exported with EXPORT_ARGS) plus the levers that won on the open-loop policy metric (docs/policy.md:
 # action dropout 0.5, the policy loss, the executed action as an input), with checkpoint/validation
 # intervals for GPU speed. Update here when the recipe changes; --data, --steps, --out and --init
@@ -52,7 +52,7 @@ TRAIN_ARGS = ("--preset s --model both --seq-len 9 --batch-size 8 --motion-weigh
               "--val-every 500 --ckpt-every 500 --log-every 20")
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
-DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/model.md's datasets)
+DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/history.md's datasets)
 EVAL_SEEDS = "dev"  # dva.eval's development seeds (500000..500049): never the protocol's
 CHECK_SELECT = ["-k", "cuda", "--ignore=tests/test_gpu_run.py"]  # gpu-marked tests are named *cuda*; CUDA cases [...-cuda]
 LIMITS = {"check": 150, "bench": 240, "collect": 120, "export": 45, "eval": 150}  # seconds, each stage's own

@@ -33,12 +33,12 @@ class DVAConfig:
     warp: bool = False
     # 0: the warp head is a dense displacement field; K > 0: that field made piecewise rigid, each
     # pixel in one of K layers moved by the rotation + shift fitted to it (unet.RigidLayers; tried
-    # as stage 7 and not shipped: docs/model.md)
+    # as stage 7 and not shipped: docs/history.md)
     warp_layers: int = 0
     # how the warp resamples frame t: 'bilinear' or 'bicubic'. Why bicubic: in a dream every frame
     # is the previous dream resampled, and bilinear sampling blurs at each step: warping held-out
     # expert frames by their *true* motion 8 times left the rigid-T IoU at 0.930 with bilinear,
-    # 0.961 with bicubic (`python -m dva.pusht.warp_ceiling`, docs/model.md)
+    # 0.961 with bicubic (`python -m dva.pusht.warp_ceiling`, docs/history.md)
     warp_interp: str = "bilinear"
     # anchored dreams (inference; needs body_masks): the T and disc layers of a dreamed frame
     # sample the last *real* frame by their motions composed since it, instead of the previous
@@ -54,12 +54,12 @@ class DVAConfig:
     body_masks: float = 0.0
     # weight of a second loss on the warped frame alone (no residual): it makes the displacement
     # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
-    # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/model.md)
+    # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/history.md)
     warp_loss: float = 0.0
     # weight of an L1 loss (in pixels) between the warp head's dense displacement and the true
     # motion of the T and the disc, computed from the training sequence's states
     # (dva.pusht.flow): trained through the image loss alone the head moved the pushed T by under
-    # half its true motion and the residual repainted it (docs/model.md, stages 5 and 8)
+    # half its true motion and the residual repainted it (docs/history.md, stages 5 and 8)
     flow_loss: float = 0.0
     cond_dim: int = 256  # width of the (tau, context, action) modulation vector
     motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1

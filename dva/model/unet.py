@@ -169,10 +169,10 @@ class RigidLayers(nn.Module):
     straight-through), and each layer moves by the rotation + shift that best fits the dense
     field on its pixels (weighted 2-D Procrustes, closed form, differentiable).
     Why: a dense field (a free vector per 2x2 pixels) can bend a pushed T, and repeated over
-    autoregressive steps it did (docs/model.md, stages 5-6); a layer cannot bend. Why fitted, not
+    autoregressive steps it did (docs/history.md, stages 5-6); a layer cannot bend. Why fitted, not
     predicted, motions: with K motions read from the bottleneck, `s` learned K near-constant
     shifts and picked among them per pixel, a dense field again (soft masks: a blend; hard ones:
-    a dither; 2-core CPU runs of 541 and 250 steps, docs/model.md). A fitted motion is the mean
+    a dither; 2-core CPU runs of 541 and 250 steps, docs/history.md). A fitted motion is the mean
     motion of its pixels, so only a layer that holds one rigid body fits it well. The fit's
     weights are the hard masks without gradient: with it (how moving a pixel to another layer
     shifts the layers' fits) the gradient norm of `s` was 6-300 instead of 0.5-0.9, and under
@@ -185,7 +185,7 @@ class RigidLayers(nn.Module):
         # DVAConfig.body_masks: layer 0 is the rest of the scene and keeps the dense field, so the
         # pixels a body uncovers are filled from the nearby background as the dense head learned
         # to (pinned to zero motion instead, the true next-frame masks left ghost T's there: the
-        # stage-9 package with them, 1-step PSNR 31.0 vs 36.6 dB, docs/model.md); layers 1-2 (T, disc)
+        # stage-9 package with them, 1-step PSNR 31.0 vs 36.6 dB, docs/history.md); layers 1-2 (T, disc)
         # move rigidly. Equal logits at init put every pixel in layer 0 (argmax ties go to the
         # first): the model starts as the dense-head model it was --init from.
         self.dense_rest = dense_rest

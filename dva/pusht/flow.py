@@ -5,7 +5,7 @@ every pixel from frame t to frame t+1 follows from the two states exactly: a pix
 t+1 maps back through the T's two poses, a pixel of the disc by the disc's shift, and every
 other pixel stays. Why supervise with it: trained only through the image loss, the warp head of
 `s` moved the pushed T by less than half its true motion (0.46 px on the T, 1.10 px on moving
-pixels; docs/model.md, stage 5) and left the rest to the residual, which repaints, blurs and
+pixels; docs/history.md, stage 5) and left the rest to the residual, which repaints, blurs and
 bends the T over autoregressive steps. Only the training loss reads states; the model never does.
 """
 from __future__ import annotations
