@@ -54,7 +54,6 @@ class TrainConfig:
     action_dropout: float = 0.25
     policy_loss: float = 0.0
     prev_action: bool = False
-    action_aux: float = 0.0
     stop_after: int = 0
     device: str = "auto"
     seed: int = 0
@@ -118,8 +117,6 @@ HELP = {
                       "(what the expert would do), i.e. the policy; the rest train the action-conditioned dream",
     "policy_loss": "weight of the free dream's action loss: the IDM (frozen for it) reads each freely predicted "
                    "frame and its action is compared with the data's (needs --model both); 0: off",
-    "action_aux": "weight of an auxiliary loss: a linear head reads the data's action out of the transformer's "
-                  "context (training only; shapes the context the free dream is decoded from); --init may add it",
     "prev_action": "the decoder also gets the action executed into frame t (the pointer leads the disc, so frames "
                    "alone hide it); --init may add it (zero-initialised)",
     "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
@@ -219,8 +216,7 @@ def model_config(cfg: TrainConfig) -> DVAConfig:
                   warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,
                   warp_anchor=cfg.warp_anchor, warp_loss=cfg.warp_loss,
                   flow_loss=cfg.flow_loss, body_masks=cfg.body_masks,
-                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss, prev_action=cfg.prev_action,
-                  action_aux=cfg.action_aux)
+                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss, prev_action=cfg.prev_action)
 
 
 def parse_sources(items) -> dict[str, str]:

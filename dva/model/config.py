@@ -72,14 +72,6 @@ class DVAConfig:
     # distance), so it learns to hedge ("stay", or a fading disc); read through the IDM the error
     # is a distance in the action space, with a gradient that points to the expert's choice
     policy_loss: float = 0.0
-    # weight of an auxiliary loss (training only) on the transformer's context of frame t: a linear
-    # head reads the action the data took out of frame t from it (L1, [-1, 1] units). Why: a ridge
-    # probe of the package's context misses the expert's next action by 23.6 px where a pixel-BC
-    # network reading two frames misses by 9.8 (`python -m dva.probe`, `dva.openloop --bc`;
-    # docs/policy.md): world modelling never asked the trunk to represent the expert's intent, so
-    # the free dream had nothing to render. The head shapes the context only; the policy still
-    # reads its actions off the dreamed frames with the IDM
-    action_aux: float = 0.0
     # the decoder also gets the action executed into frame t (a_{t-1}; a learned "unknown" at the
     # start of an episode). Why: the pointer leads the disc by ~36 px (DESIGN.md 3), so the frames
     # alone hide where it is, while the expert moves it at a nearly constant velocity: on held-out
@@ -149,8 +141,6 @@ class DVAConfig:
         if self.policy_loss < 0 or (self.policy_loss and not self.action_dropout):
             raise ValueError(f"policy_loss must be >= 0 and needs action_dropout > 0 (it trains the free dream), got "
                              f"{self.policy_loss} (action_dropout={self.action_dropout})")
-        if self.action_aux < 0:
-            raise ValueError(f"action_aux must be >= 0, got {self.action_aux}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
 

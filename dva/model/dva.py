@@ -55,8 +55,6 @@ class DVA(nn.Module):
         self.encoder = Encoder(cfg)
         self.transformer = CausalTransformer(cfg)
         self.decoder = FlowUNet(cfg)
-        # DVAConfig.action_aux: training only (the policy reads actions off dreams, not off this)
-        self.action_head = nn.Linear(cfg.d_model * cfg.tokens_per_frame, 2) if cfg.action_aux else None
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
     @staticmethod
@@ -130,8 +128,6 @@ class DVA(nn.Module):
             loss = loss + self.cfg.body_masks * self._mask_loss(logits, labels)
         if self.cfg.policy_loss:
             loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
-        if self.action_head is not None:  # the context of frame t must hold the action taken out of it
-            loss = loss + self.cfg.action_aux * (self.action_head(ctx.tokens.flatten(1)).float() - act).abs().mean()
         return loss
 
     def _policy_loss(self, seen, x_hat, act, free, tau, action_reader):
