@@ -8,11 +8,11 @@ docs/policy.md). No video model, no IDM: the comparison that says whether
 the DVA learns more per demonstration than plain BC (issue 21, docs/policy.md).
 
     python -m dva.bc --data data/expert --steps 7000 --out runs/bc        # train (resumes)
-    python -m dva.eval --policy bc --checkpoint runs/bc/bc.pt --seeds dev   # closed loop
+    python -m dva.eval --policy bc --checkpoint runs/bc/bc --seeds dev   # closed loop
 
 Training is deterministic by step (batch and augmentation from a generator seeded by
-(seed, step)) and writes OUT/bc.pt atomically every `--save-every` seconds and at the end, with
-the optimizer state, so re-running the same command continues exactly where it stopped.
+(seed, step)) and writes OUT/bc (bc.safetensors + bc.json, dva.checkpoint's format) every `--save-every` seconds
+and at the end, with the optimizer state, so re-running the same command continues exactly where it stopped.
 Ctrl-C saves and exits.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ class BCData:
 
         ds = load_dataset(root, progress=progress, frames=False)
         states = torch.from_numpy(ds.states)
-        self.frames = torch.cat([render_frames(s) for s in states.split(8192)])  # (N, 96, 96, 3)
+        self.frames = render_frames(states)  # (N, 96, 96, 3) uint8 (it chunks on the CPU itself)
         cur, prev, acts = [], [], []
         for i in range(len(ds.steps)):
             s, a, T = int(ds.state_start[i]), int(ds.action_start[i]), int(ds.steps[i])
@@ -114,49 +114,45 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
 
-def save(path: Path, obj: dict) -> None:
-    from dva.data.store import atomic_write_bytes
+def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, BCConfig]:
+    """(tensors, meta, config) of a BC checkpoint (dva.checkpoint's safetensors + JSON; a stem,
+    x.json or x.safetensors). Raises ValueError naming the file and the reason."""
+    from dva.checkpoint import read
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"BC checkpoint {path} does not exist (train one: python -m dva.bc --help)")
+    tensors, meta = read(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        ck["config"] = BCConfig(**ck["config"])
-    except Exception as e:
-        raise ValueError(f"cannot read BC checkpoint {path}: {e}") from None
-    return ck
+        return tensors, meta, BCConfig(**meta["config"])
+    except TypeError as e:
+        raise ValueError(f"{path}: not a BC checkpoint ({e}; train one: python -m dva.bc --help)") from None
 
 
 def train(args) -> int:
     from tqdm import tqdm
 
-    out = args.out / "bc.pt"
+    from dva import checkpoint as ckpt
+
+    out = args.out / "bc"  # bc.safetensors + bc.json
     torch.manual_seed(args.seed)
-    if out.exists():
-        ck = load_checkpoint(out)
-        cfg = ck["config"]
-        print(f"[dva.bc] resuming {out} at step {ck['step']} ({ck['seconds'] / 60:.1f} min trained)", flush=True)
+    if ckpt.paths(out)[1].exists():
+        tensors, meta, cfg = load_checkpoint(out)
+        print(f"[dva.bc] resuming {out} at step {meta['step']} ({meta['seconds'] / 60:.1f} min trained)", flush=True)
     else:
-        ck, cfg = None, BCConfig(chunk=args.chunk, width=args.width, hidden=args.hidden, shift=args.shift)
+        meta, cfg = None, BCConfig(chunk=args.chunk, width=args.width, hidden=args.hidden, shift=args.shift)
     net = BCNet(cfg).to(memory_format=torch.channels_last)  # ~1.5x faster convs on the CPU
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, seconds, log, (loss_sum, n) = 0, 0.0, [], (0.0, 0)  # (loss_sum, n): the log line being summed
-    if ck is not None:
-        net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"])
-        step, seconds, log, (loss_sum, n) = ck["step"], ck["seconds"], ck["log"], ck["window"]
+    if meta is not None:
+        ckpt.load_into(net, ckpt.section(tensors, "model"), str(out))
+        ckpt.load_optimizer(opt, tensors, out)
+        step, seconds, log, (loss_sum, n) = meta["step"], meta["seconds"], meta["log"], meta["window"]
     data = BCData(args.data, cfg.chunk)
     print(f"[dva.bc] {len(data)} samples from {args.data}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
           f"parameters, batch {args.batch}, {args.steps} steps", flush=True)
 
     def checkpoint():
-        save(out, {"config": dataclasses.asdict(cfg), "model": net.state_dict(), "opt": opt.state_dict(),
-                   "step": step, "seconds": seconds, "log": log, "window": [loss_sum, n], "data": str(args.data)})
+        ckpt.save(out, {**{f"model.{k}": v for k, v in net.state_dict().items()}, **ckpt.optimizer_tensors(opt)},
+                  {"config": dataclasses.asdict(cfg), "step": step, "seconds": seconds, "log": log,
+                   "window": [loss_sum, n], "data": str(args.data)})
 
     pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
     last_save = time.perf_counter()
@@ -196,13 +192,15 @@ class BCPolicy:
     """The protocol interface (`reset(seed)`, `act(obs)`) around a trained BCNet."""
 
     def __init__(self, checkpoint, execute: int | None = None):
-        ck = load_checkpoint(checkpoint)
-        self.net = BCNet(ck["config"])
-        self.net.load_state_dict(ck["model"])
+        from dva.checkpoint import load_into, section
+
+        tensors, _, cfg = load_checkpoint(checkpoint)
+        self.net = BCNet(cfg)
+        load_into(self.net, section(tensors, "model"), str(checkpoint))
         self.net.eval()
         self.execute = execute or 1  # chosen on the dev seeds: 1 (0.815) > 2 (0.793) > 4 (0.727) > 8 (0.426)
-        if not 1 <= self.execute <= ck["config"].chunk:
-            raise ValueError(f"execute must be in 1..{ck['config'].chunk}, got {self.execute}")
+        if not 1 <= self.execute <= cfg.chunk:
+            raise ValueError(f"execute must be in 1..{cfg.chunk}, got {self.execute}")
 
     def reset(self, seed: int) -> None:
         self.prev, self.plan, self.k = None, None, 0
@@ -227,7 +225,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dva.bc", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/expert"), help="expert dataset (dva.collect)")
-    p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc.pt is resumed if present")
+    p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc is resumed if present")
     p.add_argument("--steps", type=int, default=7000, help="optimizer steps (cosine LR to zero at the last)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

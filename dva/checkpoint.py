@@ -107,6 +107,25 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def optimizer_tensors(opt) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as tensors named opt.<param index>.<name> (the param
+    groups are rebuilt by whoever makes the optimizer; the LR is a function of the step)."""
+    return {f"opt.{i}.{k}": torch.as_tensor(v) for i, st in opt.state_dict()["state"].items() for k, v in st.items()}
+
+
+def load_optimizer(opt, tensors: dict, where) -> None:
+    """Put the opt.* tensors of a checkpoint (optimizer_tensors) back into `opt`."""
+    sd = opt.state_dict()
+    state = {}
+    for k, v in section(tensors, "opt").items():
+        i, name = k.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    if sorted(state) != sorted(sd["state"]) and sd["state"]:
+        raise CheckpointError(f"{where}: optimizer state does not match the model")
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
 def section(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
     pre = prefix + "."
     return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file for the metrics, written atomically (default: runs/eval_POLICY.json)")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint for --policy dva (default: the packaged model) or bc (OUT/bc.pt of dva.bc)")
+                   help="checkpoint for --policy dva (default: the packaged model) or bc (OUT/bc of dva.bc)")
     p.add_argument("--execute", type=int, default=None,
                    help="--policy bc: actions of each predicted chunk executed before it looks again "
                         "(default: 1, chosen on the dev seeds)")
@@ -85,11 +85,10 @@ def main(argv=None) -> int:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     kwargs = {k: getattr(args, k) for k in POLICY_ARGS.get(args.policy, []) if getattr(args, k) is not None}
-    if args.policy == "bc" and (args.checkpoint is None or not args.checkpoint.is_file()):
-        print(f"error: --policy bc needs --checkpoint FILE (OUT/bc.pt of `python -m dva.bc`); "
-              f"got {args.checkpoint}", file=sys.stderr)
+    if args.policy == "bc" and args.checkpoint is None:
+        print("error: --policy bc needs --checkpoint (OUT/bc of `python -m dva.bc`)", file=sys.stderr)
         return 2
-    if args.policy == "dva" and args.checkpoint is not None:
+    if args.policy in ("dva", "bc") and args.checkpoint is not None:
         from dva.checkpoint import paths  # a stem, x.json or x.safetensors, as everywhere else
 
         st = paths(args.checkpoint)[0]

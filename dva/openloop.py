@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=5, help="plan at every N-th step of each episode (default: 5)")
     p.add_argument("--episodes", type=int, default=None, help="use the first N episodes (default: all)")
     p.add_argument("--bc", type=Path, default=None,
-                   help="also score a pixel-BC checkpoint (OUT/bc.pt of `python -m dva.bc`) on the same plans")
+                   help="also score a pixel-BC checkpoint (OUT/bc of `python -m dva.bc`) on the same plans")
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]' (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -40,9 +40,8 @@ def features(model, ds, max_episodes: int, min_history: int, progress: bool = Tr
         acts = arr["actions"]
         x = model.from_frames(render_frames(torch.from_numpy(arr["states"]).float()))  # (T+1, 3, 96, 96)
         for s in range(0, len(acts) - W + 1, W):  # windows of W frames, each with an action after it
-            seq = x[s:s + W][None]
-            ctx = model.context(seq).tokens  # (W, N, D)
-            tok, _ = model.encoder(seq[0])  # (W, N, D)
+            tok, _ = model.encoder(x[s:s + W])  # (W, N, D): frame t's tokens alone
+            ctx = model.transformer(tok.reshape(1, -1, tok.shape[-1]), tok.shape[1]).view(tok.shape)  # as DVA.context
             for k in range(min_history, W):
                 t = s + k
                 rows["context"].append(ctx[k].flatten().numpy())

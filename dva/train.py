@@ -108,9 +108,7 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
         if getattr(model, attr) is not None:
             t.update({f"{raw}.{k}": v for k, v in getattr(model, attr).state_dict().items()})
             t.update({f"{avg}.{k}": v for k, v in getattr(ema, attr).state_dict().items()})
-    for i, st in opt.state_dict()["state"].items():
-        t.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
-    return t
+    return {**t, **ckpt.optimizer_tensors(opt)}
 
 
 # held-out sequences and their noise do not depend on --seed, so runs with different seeds compare
@@ -156,15 +154,7 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
             ckpt.load_into(getattr(ema, attr), ckpt.section(tensors, src), f"{st} [{src}]", fresh)
     if opt is None:
         return meta
-    sd = opt.state_dict()
-    state = {}
-    for k, v in ckpt.section(tensors, "opt").items():
-        i, name = k.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    if sorted(state) != sorted(sd["state"]) and sd["state"]:
-        raise ckpt.CheckpointError(f"{st}: optimizer state does not match the model")
-    sd["state"] = state
-    opt.load_state_dict(sd)
+    ckpt.load_optimizer(opt, tensors, st)
     return meta
 
 

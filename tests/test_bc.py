@@ -6,6 +6,7 @@ import torch
 
 from dva import eval as dva_eval
 from dva.bc import ACTION_SCALE, BCData, BCNet, BCPolicy, main, random_shift
+from dva.checkpoint import read
 from dva.data.store import load_dataset
 from dva.pusht.render import render_frames
 from test_data_store import make_dataset
@@ -58,18 +59,18 @@ def test_ctrl_c_saves_and_the_same_command_continues_exactly(data, tmp_path, mon
 
     monkeypatch.setattr(BCNet, "forward", interrupted)
     assert main([*cmd, "--out", str(tmp_path / "b")]) == 0  # Ctrl-C during step 3: saved at step 2
-    assert torch.load(tmp_path / "b" / "bc.pt", weights_only=True)["step"] == 2
+    assert read(tmp_path / "b" / "bc")[1]["step"] == 2
     monkeypatch.setattr(BCNet, "forward", forward)
     assert main([*cmd, "--out", str(tmp_path / "b")]) == 0
-    a, b = (torch.load(tmp_path / r / "bc.pt", weights_only=True) for r in "ab")
+    (ta, a), (tb, b) = (read(tmp_path / r / "bc") for r in "ab")
     assert b["step"] == 4 and [r["l1_px"] for r in a["log"]] == [r["l1_px"] for r in b["log"]]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"{k}: the resumed run differs from the straight one"
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{k}: the resumed run differs from the straight one"
 
 
 def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
     assert main(["--data", str(data), "--out", str(tmp_path), "--steps", "2", *SMALL]) == 0
-    pol = BCPolicy(tmp_path / "bc.pt", execute=2)
+    pol = BCPolicy(tmp_path / "bc", execute=2)
     calls = []
     pol.net.register_forward_hook(lambda *a: calls.append(1))
     from dva.pusht.protocol import run_episode
@@ -77,7 +78,7 @@ def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
     res = run_episode(pol, 100, max_steps=7)
     assert res.steps == 7 and len(calls) == 4  # looks at steps 0, 2, 4, 6
     out = tmp_path / "eval.json"
-    assert dva_eval.main(["--policy", "bc", "--checkpoint", str(tmp_path / "bc.pt"), "--seeds", "100,101",
+    assert dva_eval.main(["--policy", "bc", "--checkpoint", str(tmp_path / "bc"), "--seeds", "100,101",
                           "--max-steps", "5", "--quiet", "--out", str(out)]) == 0
     assert "bc: score" in capsys.readouterr().out and out.is_file()
 
@@ -85,8 +86,9 @@ def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
 def test_bad_inputs_name_the_file(tmp_path, capsys):
     assert dva_eval.main(["--policy", "bc", "--seeds", "100", "--quiet"]) == 2
     assert "--policy bc needs --checkpoint" in capsys.readouterr().err
-    bad = tmp_path / "bc.pt"
+    bad = tmp_path / "bc.json"
     bad.write_bytes(b"not a checkpoint")
+    (tmp_path / "bc.safetensors").write_bytes(b"nor this")
     with pytest.raises(ValueError, match=str(bad)):
         BCPolicy(bad)
     assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2

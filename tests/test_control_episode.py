@@ -262,11 +262,11 @@ def test_openloop_scores_plans_against_the_expert(tiny_ckpt, tmp_path, capsys):
     assert bc_train(["--data", str(data), "--out", str(tmp_path / "bc"), "--steps", "2", "--width", "8",
                      "--hidden", "16", "--batch", "4"]) == 0
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "3", "--every", "4",
-                     "--device", "cpu", "--bc", str(tmp_path / "bc" / "bc.pt"), "--out", str(out), "--quiet"]) == 0
+                     "--device", "cpu", "--bc", str(tmp_path / "bc" / "bc"), "--out", str(out), "--quiet"]) == 0
     d = json.loads(out.read_text())
     a = ds.episode_arrays(0)
     f0 = render_frames(torch.from_numpy(a["states"][:1])).numpy()[0]
-    first = np.linalg.norm(BCPolicy(tmp_path / "bc" / "bc.pt").predict(f0, f0)[1] - a["actions"][1])
+    first = np.linalg.norm(BCPolicy(tmp_path / "bc" / "bc").predict(f0, f0)[1] - a["actions"][1])
     assert d["bc_px_per_plan"][0] == pytest.approx(first, abs=1e-3) and len(d["bc_px_per_plan"]) == d["samples"]
     assert d["per_step"][0]["bc"]["px_mean"] == d["bc_px"]
     assert openloop(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--horizon", "2", "--committed", "2"]) == 2
