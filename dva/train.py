@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import dvakern
 from dva import checkpoint as ckpt
-from dva.data.loader import MixtureSchedule, SequenceLoader
+from dva.data.loader import MixtureSchedule, SequenceLoader, stored_frame_size
 from dva.data.store import DatasetError
 from dva.model.config import DVAConfig
 from dva.model.dva import DVA, param_count
@@ -39,12 +39,13 @@ from dva.pusht.validate import dream_strip, validate
 from dva.train_args import TrainConfig, make_schedule, model_config, parse_args, parse_sources  # noqa: F401
 
 
-def make_loader(cfg: TrainConfig, split: str, seq_len: int, batch: int, device, seed: int) -> SequenceLoader:
+def make_loader(cfg: TrainConfig, split: str, seq_len: int, batch: int, device, seed: int,
+                size: int = 96) -> SequenceLoader:
     sched = make_schedule(cfg)
     if split == "val":  # held-out numbers on the mix training ends with (mostly expert)
         sched = MixtureSchedule.constant(sched.phases[-1][1])
     return SequenceLoader(parse_sources(cfg.data), seq_len=seq_len, batch_size=batch, schedule=sched,
-                          device=device, seed=seed, split=split, val_fraction=cfg.val_fraction)
+                          device=device, seed=seed, split=split, val_fraction=cfg.val_fraction, size=size)
 
 
 class Trainee(nn.Module):
@@ -196,6 +197,11 @@ def _train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
 
     mcfg = model_config(cfg)
+    size = stored_frame_size(parse_sources(cfg.data).values())
+    if size is not None and size != mcfg.img:  # the image size is the data's (PushT renders at any size)
+        mcfg = dataclasses.replace(mcfg, img=size)
+        if main:
+            print(f"[dva.train] the data's frames are {size}x{size}: model img={size}", flush=True)
     torch.manual_seed(cfg.seed)
     model = Trainee(mcfg, cfg.model).to(dev)
     ema = Trainee(mcfg, cfg.model).to(dev)
@@ -227,12 +233,16 @@ def _train(cfg: TrainConfig) -> dict:
 
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    loader = make_loader(cfg, "train", cfg.seq_len, cfg.batch_size, dev, cfg.seed + 1000 * rank)
+    loader = make_loader(cfg, "train", cfg.seq_len, cfg.batch_size, dev, cfg.seed + 1000 * rank, mcfg.img)
+    if not loader.has_states and (mcfg.flow_loss or mcfg.body_masks):
+        blind = sorted(n for n, s in loader.sources.items() if s.states is None)
+        raise DatasetError(f"--data {', '.join(blind)}: no simulator states (frames and actions only), which "
+                           f"flow_loss and body_masks need (--flow-loss 0 --body-masks 0, or a PushT dataset)")
     # recorded once, from what was loaded: the source dirs may change on disk during a long run
     data_mix = {"sources": {n: str(s) for n, s in parse_sources(cfg.data).items()}, "mix": cfg.mix,
                 "phases": [list(p) for p in make_schedule(cfg).phases],
                 "sequences": {n: len(src) for n, src in loader.sources.items()}}
-    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, VAL_SEED) if main else None
+    val_loader = make_loader(cfg, "val", cfg.val_ctx + cfg.val_dream, cfg.val_batch, dev, VAL_SEED, mcfg.img) if main else None
 
     stop = {"flag": False}
 

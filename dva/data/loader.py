@@ -1,7 +1,10 @@
 """Sequence loader: L consecutive frames with their actions, mixed over datasets by a schedule.
 
-Frames are rendered on the training device from the stored states (dva.pusht.render_frames,
-pixel-exact with gym-pusht), so only states and actions live in memory.
+A source's frames are the ones it stores (`dva.collect --frames`, or any LeRobot-format folder:
+dva.data.lerobot), held in memory as uint8; a PushT source without stored frames is rendered on the
+training device from its states (dva.pusht.render_frames, pixel-exact with gym-pusht), so only
+states and actions live in memory. Sources with states also give them to the batch (the losses
+that need simulator targets read them); a batch from any source without states has none.
 
 A sequence starting at step t of an episode with T steps holds frames t .. t+L-1 and actions
 t .. t+L-1 (actions[:, i] leads from frame i to frame i+1; the last one is the action taken
@@ -66,6 +69,25 @@ class MixtureSchedule:
         return {k: v / total for k, v in w.items()}
 
 
+def stored_frame_size(roots) -> int | None:
+    """The side of the frames the datasets store (LeRobot: its info.json; dva: 96 when collected
+    with --frames), None when every one renders from states. Cheap: reads metadata only."""
+    from dva.data import lerobot
+    from dva.data.store import Manifest
+
+    sizes = {}
+    for r in roots:
+        if lerobot.is_lerobot(r):
+            sizes[r] = lerobot.frame_size(r)
+        else:
+            shards = Manifest.load(r).shards
+            if shards and all(s.get("frames") for s in shards):
+                sizes[r] = 96
+    if len(set(sizes.values())) > 1:
+        raise DatasetError(f"datasets store frames of different sizes: {sizes}")
+    return next(iter(sizes.values()), None)
+
+
 def is_val_episode(source: str, episode: int, val_fraction: float) -> bool:
     """Deterministic held-out choice: a hash of (source name, episode index)."""
     h = hashlib.sha256(f"{source}:{episode}".encode()).digest()
@@ -92,8 +114,10 @@ class _Source:
                                f"({len(ds.steps)} episodes, longest {int(ds.steps.max())} steps)")
         self.state_start = torch.from_numpy(np.concatenate(starts_s)).to(device)
         self.action_start = torch.from_numpy(np.concatenate(starts_a)).to(device)
-        self.states = torch.from_numpy(ds.states).to(device)  # float64: exact re-rendering
-        self.agent_vel = torch.from_numpy(ds.agent_vel).to(device=device, dtype=torch.float32)
+        # float64 states: exact re-rendering; None for a frames-only source (LeRobot)
+        self.states = None if ds.states is None else torch.from_numpy(ds.states).to(device)
+        self.agent_vel = None if ds.agent_vel is None else torch.from_numpy(ds.agent_vel).to(device=device, dtype=torch.float32)
+        self.frames = None if ds.frames is None else torch.from_numpy(ds.frames).to(device)  # uint8 (S, H, W, 3)
         self.actions = torch.from_numpy(ds.actions).to(device=device, dtype=torch.float32)
         self.n_episodes = sum(1 for _ in starts_s)
 
@@ -104,10 +128,11 @@ class _Source:
 class SequenceLoader:
     """Samples batches of L-frame sequences from named datasets, mixed by a schedule.
 
-    batch = loader.sample(step) -> {"frames": uint8 (B, L, 96, 96, 3) on device,
-    "actions": float32 (B, L, 2) pixels, "states": float32 (B, L, 5), "agent_vel": float32
-    (B, L, 2), "source": list[str]}. Sampling is a pure function of (seed, step, split), so a
-    resumed run sees the same batches.
+    batch = loader.sample(step) -> {"frames": uint8 (B, L, S, S, 3) on device,
+    "actions": float32 (B, L, 2) pixels, "states": float32 (B, L, 5) or None, "agent_vel": float32
+    (B, L, 2) or None, "source": list[str]}. Sampling is a pure function of (seed, step, split), so a
+    resumed run sees the same batches. S is `size`, or the stored frames' size (all sources with
+    stored frames must agree with it).
     """
 
     def __init__(self, sources: dict[str, str], seq_len: int, batch_size: int,
@@ -129,8 +154,12 @@ class SequenceLoader:
         self.names = sorted(sources)
         self.sources = {}
         for name in self.names:
-            ds = load_dataset(sources[name], frames=False)
+            ds = load_dataset(sources[name])
+            if ds.frames is not None and ds.frames.shape[1] != size:
+                raise DatasetError(f"{sources[name]}: frames are {ds.frames.shape[1]}x{ds.frames.shape[2]}, "
+                                   f"the model takes {size}x{size}")
             self.sources[name] = _Source(name, ds, seq_len, split, val_fraction, self.device)
+        self.has_states = all(s.states is not None for s in self.sources.values())
 
     def _generator(self, step: int) -> torch.Generator:
         salt = 0 if self.split == "train" else 1
@@ -147,9 +176,11 @@ class SequenceLoader:
         which = torch.multinomial(probs, B, replacement=True, generator=g)  # (B,) source ids
         u = torch.rand(B, generator=g, dtype=torch.float64)  # uniform start within its source
         ar = torch.arange(L, device=self.device)
-        states = torch.empty(B, L, 5, dtype=torch.float64, device=self.device)
-        vel = torch.empty(B, L, 2, dtype=torch.float32, device=self.device)
+        states = torch.zeros(B, L, 5, dtype=torch.float64, device=self.device)
+        vel = torch.zeros(B, L, 2, dtype=torch.float32, device=self.device)
         actions = torch.empty(B, L, 2, dtype=torch.float32, device=self.device)
+        img = torch.empty(B, L, self.size, self.size, 3, dtype=torch.uint8, device=self.device) if frames else None
+        render = torch.zeros(B, dtype=torch.bool)  # rows whose frames come from states
         names = [""] * B
         for k, name in enumerate(self.names):
             rows = (which == k).nonzero().flatten()
@@ -160,16 +191,21 @@ class SequenceLoader:
             si = (src.state_start[pick].unsqueeze(1) + ar)  # (b, L) state rows
             ai = (src.action_start[pick].unsqueeze(1) + ar)  # (b, L) action rows
             rd = rows.to(self.device)
-            states[rd] = src.states[si]
-            vel[rd] = src.agent_vel[si]
+            if src.states is not None:
+                states[rd] = src.states[si]
+                vel[rd] = src.agent_vel[si]
             actions[rd] = src.actions[ai]
+            if frames and src.frames is not None:
+                img[rd] = src.frames[si]
+            elif frames:
+                render[rows] = True
             for r in rows.tolist():
                 names[r] = name
-        img = None
-        if frames:
-            img = render_frames(states.view(B * L, 5), self.size).view(B, L, self.size, self.size, 3)
-        return {"frames": img, "actions": actions, "states": states.float(),
-                "agent_vel": vel, "source": names}
+        if render.any():
+            rd = render.nonzero().flatten().to(self.device)
+            img[rd] = render_frames(states[rd].view(-1, 5), self.size).view(len(rd), L, self.size, self.size, 3)
+        st = (states.float(), vel) if self.has_states else (None, None)
+        return {"frames": img, "actions": actions, "states": st[0], "agent_vel": st[1], "source": names}
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources.values())

@@ -235,43 +235,59 @@ class Manifest:
 
 @dataclass
 class Dataset:
-    """All episodes of one dataset directory, verified and concatenated (numpy, in memory)."""
+    """All episodes of one dataset directory, verified and concatenated (numpy, in memory). A
+    LeRobot-format folder (dva.data.lerobot) gives frames and actions only: no manifest, seeds -1,
+    and states, agent_vel and coverage None."""
 
     root: Path
-    manifest: Manifest
+    manifest: Manifest | None
     episode: np.ndarray     # (E,) global episode index
     seed: np.ndarray        # (E,)
     steps: np.ndarray       # (E,) T per episode
     state_start: np.ndarray   # (E,) row of each episode's first state in `states`
     action_start: np.ndarray  # (E,) row of each episode's first action in `actions`
-    states: np.ndarray      # (sum T+1, 5) float64
-    agent_vel: np.ndarray   # (sum T+1, 2) float64
-    coverage: np.ndarray    # (sum T+1,) float32
+    states: np.ndarray | None     # (sum T+1, 5) float64
+    agent_vel: np.ndarray | None  # (sum T+1, 2) float64
+    coverage: np.ndarray | None   # (sum T+1,) float32
     actions: np.ndarray     # (sum T, 2) float64
-    frames: np.ndarray | None  # (sum T+1, 96, 96, 3) uint8 when every shard stored frames
+    frames: np.ndarray | None  # (sum T+1, H, W, 3) uint8 when every shard stored frames
 
     @property
     def n_frames(self) -> int:
-        return len(self.states)
+        return len(self.states if self.states is not None else self.frames)
 
     def episode_arrays(self, i: int) -> dict[str, np.ndarray]:
         s, a, T = self.state_start[i], self.action_start[i], self.steps[i]
-        out = {"states": self.states[s:s + T + 1], "agent_vel": self.agent_vel[s:s + T + 1],
-               "coverage": self.coverage[s:s + T + 1], "actions": self.actions[a:a + T]}
-        if self.frames is not None:
-            out["frames"] = self.frames[s:s + T + 1]
+        out = {"actions": self.actions[a:a + T]}
+        for k in ("states", "agent_vel", "coverage", "frames"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)[s:s + T + 1]
         return out
+
+    def head(self, n: int) -> "Dataset":
+        """The first n episodes (a view)."""
+        n = max(0, min(int(n), len(self.steps)))
+        S = int(self.steps[:n].sum()) + n  # frames of those episodes
+        cut = lambda x, k: None if x is None else x[:k]  # noqa: E731
+        return Dataset(self.root, self.manifest, self.episode[:n], self.seed[:n], self.steps[:n],
+                       self.state_start[:n], self.action_start[:n], cut(self.states, S), cut(self.agent_vel, S),
+                       cut(self.coverage, S), self.actions[:S - n], cut(self.frames, S))
 
 
 def load_dataset(root, progress: bool = False, frames: bool = True) -> Dataset:
     """Read and verify every shard of a dataset directory. Raises DatasetError naming the file.
 
-    frames=False skips stored frames (Dataset.frames is None), e.g. for the loader, which
-    re-renders them; a 1M-frame dataset's frames would need 27 GiB of memory.
+    frames=False skips stored frames (Dataset.frames is None), e.g. for tools that re-render
+    them from the states; a 1M-frame dataset's frames would need 27 GiB of memory. A LeRobot-format
+    folder (meta/info.json) is read by dva.data.lerobot, frames always (it has no states).
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset directory does not exist")
+    from dva.data import lerobot
+
+    if lerobot.is_lerobot(root):
+        return lerobot.read(root, progress=progress)
     man = Manifest.load(root)
     if not man.shards:
         raise DatasetError(f"{root / MANIFEST}: the dataset has no shards yet")
