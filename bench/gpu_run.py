@@ -40,15 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dva.data.store import atomic_write_json  # noqa: E402
 
-# The shipped recipe (docs/history.md, "The shipped checkpoint": $D plus stage 11's $M flags; it was
-# exported with EXPORT_ARGS) plus the levers that won on the open-loop policy metric (docs/policy.md:
-# action dropout 0.5, the policy loss, the executed action as an input), with checkpoint/validation
-# intervals for GPU speed. Update here when the recipe changes; --data, --steps, --out and --init
-# are added by this script.
-TRAIN_ARGS = ("--preset s --model both --seq-len 9 --batch-size 8 --motion-weight 5 --val-batch 8 "
-              "--mix 0:random=0.05,goal=0.05,expert=0.9 --lr 3e-4 --warmup 50 --loss l1 --sampler-steps 1 "
-              "--self-forcing 0.6 --self-forcing-depth 3 --ctx-noise 0 --warp --warp-loss 0.5 --flow-loss 0.1 "
-              "--warp-layers 3 --body-masks 0.05 --action-dropout 0.5 --policy-loss 1.0 --prev-action "
+# The shipped recipe (dva.train's defaults: preset s, the packaged architecture and losses) plus the
+# levers that won on the open-loop policy metric (docs/policy.md: action dropout 0.5, the policy
+# loss, the executed action as an input), with checkpoint/validation intervals for GPU speed;
+# --data, --steps, --out and --init are added by this script.
+TRAIN_ARGS = ("--preset s --val-batch 8 --action-dropout 0.5 --policy-loss 1.0 --prev-action "
               "--val-every 500 --ckpt-every 500 --log-every 20")
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
@@ -61,7 +57,8 @@ TEST_TIMEOUT = 120  # pytest-timeout per test: one hung test fails, the rest sti
 MAX_FILE = 16 * 2**20  # the device tool returns files of at most 16 MiB
 
 # --dry-run: tiny shapes, a handful of episodes and steps, the same code path.
-DRY_TRAIN = ("--preset tiny --seq-len 5 --batch-size 2 --val-batch 2 --val-dream 2 --val-every 0 --ckpt-every 0 "
+DRY_TRAIN = ("--preset tiny --warp --warp-layers 3 --body-masks 0.05 --warp-anchor --warp-loss 0.5 --flow-loss 0.1 "
+             "--seq-len 5 --batch-size 2 --val-batch 2 --val-dream 2 --val-every 0 --ckpt-every 0 "
              "--val-fraction 0.5 --threads 1 --log-every 1")  # 0.5: 4 episodes per source hold train and val ones
 DRY = dict(data={"random": 4, "goal": 4, "expert": 4}, collect_steps=12, steps=2, eval_seeds="500000:500002",
            eval_steps=5, bench_select=["-k", "test_flow_step and ref"], limit=60, budget=170)

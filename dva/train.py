@@ -265,7 +265,7 @@ def _train(cfg: TrainConfig) -> dict:
         batch = val_loader.sample(0)  # the same held-out sequences every time: comparable numbers
         x = from_frames(batch["frames"])
         ema.eval()
-        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, cfg.sampler_steps, VAL_SEED,
+        m, dreams = validate(ema.dva, ema.idm, x, batch["actions"].float(), cfg.val_ctx, mcfg.sampler_steps, VAL_SEED,
                              batch["states"])
         last_val = {"step": s, **m}
         append_jsonl(out / "val.jsonl", last_val)

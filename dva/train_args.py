@@ -1,5 +1,7 @@
-"""The command line of `python -m dva.train`: TrainConfig (every flag, with its help), the
-size presets of the training defaults, argument checks, and the --data / --mix parsers."""
+"""The command line of `python -m dva.train`, derived from the fields of TrainConfig (how to train)
+and DVAConfig (the model; its fields given on the command line override the preset's), each
+declared once with its help text; the training presets, argument checks, and the --data / --mix
+parsers."""
 from __future__ import annotations
 
 import argparse
@@ -9,171 +11,106 @@ from pathlib import Path
 
 from dva.data.loader import MixtureSchedule
 from dva.model.config import PRESETS as MODEL_PRESETS
-from dva.model.config import WARP_INTERPS, DVAConfig, preset
+from dva.model.config import DVAConfig, opt, preset
 
-DESCRIPTION = "Train the DVA video model and/or its IDM (context amortization; see docs/model.md)."
+DESCRIPTION = """Train the DVA video model and/or its IDM (context amortization; docs/model.md).
+
+The defaults are the shipped recipe: `python -m dva.train --out runs/s` trains preset s (the
+packaged architecture and losses) on data/random, data/goal and data/expert (their collect
+commands: docs/model.md). Model options (--warp, --policy-loss, ...) override the preset's."""
 
 
 @dataclass
 class TrainConfig:
-    model: str = "both"
-    preset: str = "s"
-    data: list = field(default_factory=lambda: ["random=data/random", "expert=data/expert"])
-    mix: str = "0:random=0.85,expert=0.15;0.3:random=0.3,expert=0.7;0.6:random=0.05,expert=0.95"
-    seq_len: int = 9
-    batch_size: int = 8
-    steps: int = 2000
-    lr: float = 6e-4
-    warmup: int = 100
-    min_lr_frac: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema: float = 0.995
-    val_every: int = 250
-    val_batch: int = 8
-    val_fraction: float = 0.05
-    val_ctx: int = 3
-    val_dream: int = 8
-    ckpt_every: int = 100
-    log_every: int = 10
-    out: str = "runs/s"
-    resume: str = ""
-    init: str = ""
-    motion_weight: float = 20.0
-    ctx_noise: float = 0.0
-    self_forcing: float = 0.0
-    self_forcing_depth: int = 1
-    loss: str = "mse"
-    warp: bool = False
-    warp_layers: int = 0
-    warp_interp: str = "bilinear"
-    warp_anchor: bool = False
-    warp_loss: float = 0.0
-    flow_loss: float = 0.0
-    body_masks: float = 0.0
-    action_dropout: float = 0.25
-    policy_loss: float = 0.0
-    prev_action: bool = False
-    stop_after: int = 0
-    device: str = "auto"
-    seed: int = 0
-    backend: str = "auto"
-    threads: int = 0
-    sampler_steps: int = 4
+    model: str = opt("both", "what to train: the video model, the IDM, or both in one process on the same batches",
+                     choices=("dva", "idm", "both"))
+    preset: str = opt("s", "model preset (dva/model/config.py); also sets the training defaults of that size",
+                      choices=tuple(sorted(MODEL_PRESETS)))
+    data: list = field(default_factory=lambda: ["random=data/random", "goal=data/goal", "expert=data/expert"],
+                       metadata={"help": "data sources as NAME=DIR (repeatable): folders written by `python -m "
+                                         "dva.collect`, or LeRobot-format datasets (docs/data.md)"})
+    mix: str = opt("0:random=0.05,goal=0.05,expert=0.9",
+                   "mixture schedule: phases 'START:NAME=W,NAME=W;START:...' with START a fraction of --steps (first "
+                   "0), weights normalized per phase; or 'staged' for 70/15/15 -> 0/20/80 -> 0/5/95 random/goal/"
+                   "expert. Validation uses the last phase's mix")
+    seq_len: int = opt(9, "frames per training sequence L (loss at L-1 positions; the IDM uses L-2 triples)")
+    batch_size: int = opt(8, "sequences per step (per rank under DDP)")
+    steps: int = opt(8500, "total optimizer steps, the LR schedule's length (8,500 x 8 x 8 = 544k predicted frames, "
+                           "what the package was trained on)")
+    lr: float = opt(3e-4, "peak AdamW learning rate")
+    warmup: int = opt(50, "linear warmup steps")
+    min_lr_frac: float = opt(0.1, "cosine decays to lr * this")
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices and conv kernels only)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: off)")
+    ema: float = opt(0.995, "EMA decay of the weights that are validated and exported")
+    val_every: int = opt(250, "validate on held-out episodes every N steps (0: only at the end)")
+    val_batch: int = opt(8, "held-out sequences per validation")
+    val_fraction: float = opt(0.05, "fraction of episodes held out for validation (a hash of source and episode)")
+    val_ctx: int = opt(3, "real context frames before the autoregressive dream")
+    val_dream: int = opt(8, "autoregressive dream length for the k-step PSNR")
+    ckpt_every: int = opt(100, "save a checkpoint every N steps (also on exit and on SIGINT/SIGTERM)")
+    log_every: int = opt(10, "append a line to OUT/log.jsonl every N steps")
+    out: str = opt("runs/s", "output directory: ckpt.safetensors/.json, log.jsonl, val.jsonl, dream_*.png")
+    resume: str = opt("", "resume from this checkpoint stem ('auto': OUT/ckpt if it exists, else start fresh, so "
+                          "the same command both starts and continues a run); step, schedule, optimizer, EMA continue")
+    init: str = opt("", "start from this checkpoint's weights (raw and EMA; same architecture) with a fresh "
+                        "optimizer, schedule and step 0: fine-tuning, e.g. with another --mix or --policy-loss")
+    stop_after: int = opt(0, "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)")
+    device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
+    seed: int = opt(0, "seed for init, training batches and noise (validation always uses the same held-out sequences)")
+    backend: str = opt("auto", "dvakern kernel backend of this run", choices=("ref", "triton", "auto"))
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    # DVAConfig fields given on the command line (they override the preset's); recorded in checkpoints
+    model_overrides: dict = field(default_factory=dict, metadata={"cli": False})
 
-
-HELP = {
-    "model": "what to train: 'dva' (video model), 'idm', or 'both' in one process on the same batches",
-    "preset": f"model preset, one of {sorted(MODEL_PRESETS)} (dva/model/config.py)",
-    "data": "data sources as NAME=DIR (repeatable), dataset dirs written by `python -m dva.collect`",
-    "mix": "mixture schedule: phases 'START:NAME=W,NAME=W;START:...' with START a fraction of --steps "
-           "(first 0), weights normalized per phase; or 'staged' for dva.data's 70/15/15 -> 0/20/80 -> 0/5/95 "
-           "random/goal/expert. Validation uses the last phase's mix",
-    "seq_len": "frames per training sequence L (loss at L-1 positions; the IDM uses L-2 triples)",
-    "batch_size": "sequences per step (per rank under DDP)",
-    "steps": "total optimizer steps (the LR schedule spans these)",
-    "lr": "peak AdamW learning rate",
-    "warmup": "linear warmup steps",
-    "min_lr_frac": "cosine decays to lr * this",
-    "weight_decay": "AdamW weight decay (matrices and conv kernels only)",
-    "grad_clip": "clip the global gradient norm to this (0: off)",
-    "ema": "EMA decay of the weights that are validated and exported",
-    "val_every": "validate on held-out episodes every N steps (0: only at the end)",
-    "val_batch": "held-out sequences per validation",
-    "val_fraction": "fraction of episodes held out for validation (chosen by a hash of source and episode)",
-    "val_ctx": "real context frames before the autoregressive dream",
-    "val_dream": "autoregressive dream length for the k-step PSNR",
-    "ckpt_every": "save a checkpoint every N steps (also on exit and on SIGINT/SIGTERM)",
-    "log_every": "append a line to OUT/log.jsonl every N steps",
-    "out": "output directory: ckpt.safetensors/.json, log.jsonl, val.jsonl, dream_*.png",
-    "resume": "resume from this checkpoint stem ('auto': OUT/ckpt if it exists, else start fresh, so the same "
-              "command both starts and continues a run); step, schedule, optimizer, EMA continue",
-    "init": "start from this checkpoint's weights (raw and EMA; same architecture) with a fresh optimizer, "
-            "schedule and step 0: fine-tuning, e.g. with another --mix or --motion-weight",
-    "motion_weight": "extra loss weight on pixels that change between frame t and t+1 (the disc, a pushed T)",
-    "ctx_noise": "context noise augmentation: each context frame gets Gaussian noise with a std from U(0, this) "
-                 "(in [-1, 1] pixel units) so autoregressive dreams stay stable; 0: off",
-    "self_forcing": "probability that a context frame is replaced by the model's own 1-step prediction of it "
-                    "(one extra no-grad pass per step), so it learns to recover from its own dreams; 0: off",
-    "self_forcing_depth": "no-grad passes of --self-forcing (K): runs of up to K swapped frames are the model's "
-                          "exact autoregressive rollout, so it sees compounded errors, not only 1-step ones",
-    "warp": "decoder head that predicts a displacement field and starts from frame t warped by it, so a "
-            "moved T is resampled rather than repainted; --init from a checkpoint without it adds it at zero",
-    "warp_layers": "with --warp: K > 0 makes the displacement field piecewise rigid: each pixel in one of K "
-                   "layers, each layer moved by the rotation + shift fitted to its pixels; --init may add it",
-    "warp_interp": "how the warp head resamples frame t: 'bilinear' or 'bicubic' (blurs less when dreams are "
-                   "warped again and again); --init may change it",
-    "warp_anchor": "anchored dreams (needs --body-masks): the T and disc of a dreamed frame sample the last real "
-                   "frame by their motions composed since it, not the previous dream; self forcing rolls out "
-                   "the same way; --init may change it",
-    "warp_loss": "weight of a second pixel loss on the warped frame alone (needs --warp): it makes the "
-                 "displacement field, not the residual, explain the motion; 0: off",
-    "flow_loss": "weight of an L1 loss (px) of the displacement field (needs --warp) against the true motion "
-                 "of the T and the disc, computed from the sources' states (training only); 0: off",
-    "body_masks": "weight of a cross-entropy loss that makes --warp-layers 3 the bodies of a frame (static scene, "
-                  "T, disc; from the sources' states): the T and the disc move rigidly, the rest keeps the dense "
-                  "field; 0: off",
-    "action_dropout": "probability that a training sample's action is hidden: those samples train the free dream "
-                      "(what the expert would do), i.e. the policy; the rest train the action-conditioned dream",
-    "policy_loss": "weight of the free dream's action loss: the IDM (frozen for it) reads each freely predicted "
-                   "frame and its action is compared with the data's (needs --model both); 0: off",
-    "prev_action": "the decoder also gets the action executed into frame t (the pointer leads the disc, so frames "
-                   "alone hide it); --init may add it (zero-initialised)",
-    "loss": "pixel loss of the decoder: 'mse' or 'l1' (sharper: the median of what is uncertain)",
-    "stop_after": "stop (and save) after N steps of this invocation, schedule unchanged; resume later (0: off)",
-    "device": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'",
-    "seed": "seed for init, training batches and noise (validation always uses the same held-out sequences)",
-    "backend": "dvakern backend: 'ref', 'triton' or 'auto'",
-    "threads": "torch CPU threads (0: torch's default)",
-    "sampler_steps": "sampler steps used in validation",
-}
 
 TRAIN_PRESETS = {
     "tiny": dict(seq_len=5, batch_size=4, steps=200, warmup=10, val_every=0, val_batch=2, val_dream=3,
                  ckpt_every=0, out="runs/tiny"),
-    "s": {},
-    "m": dict(seq_len=9, batch_size=64, steps=20000, lr=3e-4, warmup=500, val_every=1000, ckpt_every=1000,
-              out="runs/m"),
+    "s": {},  # the defaults above
+    "m": dict(batch_size=64, steps=20000, warmup=500, val_every=1000, ckpt_every=1000, out="runs/m"),
 }
 
 
+def _add(p, f: dataclasses.Field, shown) -> None:
+    """One flag from a config field: --snake-case, its help, bools as --x/--no-x, tuples as lists."""
+    meta = dict(f.metadata)
+    flag = "--" + f.name.replace("_", "-")
+    help_ = meta.pop("help") + f" (default: {shown})"
+    kind = type(shown)
+    if f.name == "data":
+        p.add_argument(flag, action="append", default=None, metavar="NAME=DIR", help=help_)
+    elif kind is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+    elif kind is tuple:
+        p.add_argument(flag, type=type(shown[0]), nargs="+", default=None, help=help_)
+    else:
+        p.add_argument(flag, type=kind, default=None, help=help_, **meta)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dva.train", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m dva.train", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     base = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(base, f.name)
-        if f.name == "data":
-            p.add_argument(flag, action="append", default=None, metavar="NAME=DIR", help=HELP[f.name] +
-                           f" (default: {' '.join(default)})")
-        elif f.name == "model":
-            p.add_argument(flag, choices=["dva", "idm", "both"], default=default,
-                           help=HELP[f.name] + f" (default: {default})")
-        elif f.name == "preset":
-            p.add_argument(flag, choices=sorted(MODEL_PRESETS), default=default,
-                           help=HELP[f.name] + f"; also sets training defaults for that size (default: {default})")
-        elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=HELP[f.name] + f" (default: {default})")
-        elif f.name == "loss":
-            p.add_argument(flag, choices=["mse", "l1"], default=default, help=HELP[f.name] + f" (default: {default})")
-        elif f.name == "warp_interp":
-            p.add_argument(flag, choices=WARP_INTERPS, default=default,
-                           help=HELP[f.name] + f" (default: {default})")
-        elif f.name == "backend":
-            p.add_argument(flag, choices=["ref", "triton", "auto"], default=default,
-                           help=HELP[f.name] + f" (default: {default})")
-        else:
-            p.add_argument(flag, type=type(default), default=None, help=HELP[f.name] + f" (default: {default})")
+        if f.metadata.get("cli", True):
+            _add(p, f, getattr(base, f.name) if f.name != "data" else " ".join(base.data))
+    g = p.add_argument_group("model (DVAConfig; default: preset s's value, i.e. the shipped model's)")
+    for f in dataclasses.fields(DVAConfig):
+        if f.metadata.get("cli", True):
+            _add(g, f, getattr(MODEL_PRESETS["s"], f.name))
     return p
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = build_parser()
-    a = p.parse_args(argv)
-    cfg = dataclasses.replace(TrainConfig(), **TRAIN_PRESETS[a.preset])
-    given = {k: v for k, v in vars(a).items() if v is not None}
-    cfg = dataclasses.replace(cfg, **given)
+    a = vars(p.parse_args(argv))
+    model_fields = {f.name for f in dataclasses.fields(DVAConfig)}
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in a.items()
+                 if k in model_fields and v is not None}
+    given = {k: v for k, v in a.items() if k not in model_fields and v is not None}
+    cfg = dataclasses.replace(TrainConfig(), **TRAIN_PRESETS[a["preset"] or "s"])
+    cfg = dataclasses.replace(cfg, **given, model_overrides=overrides)
     for name in ("seq_len", "batch_size", "steps", "val_batch", "val_dream"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -188,35 +125,28 @@ def parse_args(argv=None) -> TrainConfig:
         p.error(f"--ema must be in [0, 1), got {cfg.ema}")
     if cfg.resume and cfg.init:
         p.error("--resume and --init exclude each other: --resume continues a run, --init starts a new one")
-    if cfg.motion_weight < 0:
-        p.error(f"--motion-weight must be >= 0, got {cfg.motion_weight}")
-    if cfg.policy_loss and cfg.model != "both":
-        p.error("--policy-loss reads the free dream with the IDM being trained: it needs --model both")
     if cfg.lr <= 0:
         p.error(f"--lr must be > 0, got {cfg.lr}")
     try:
-        model_config(cfg)  # --ctx-noise, --sampler-steps, ... are checked by DVAConfig
-    except ValueError as e:
+        mcfg = model_config(cfg)
+    except (TypeError, ValueError) as e:
         p.error(f"model config: {e}")
+    if mcfg.policy_loss and cfg.model != "both":
+        p.error("--policy-loss reads the free dream with the IDM being trained: it needs --model both")
     try:
         sources = parse_sources(cfg.data)
         extra = sorted(make_schedule(cfg).sources - set(sources))
         if extra:
-            raise ValueError(f"--mix names sources {extra} that --data does not give (have {sorted(sources)})")
+            raise ValueError(f"--mix names sources {extra} that --data does not give (have {sorted(sources)}); "
+                             f"e.g. --mix 0:{'=1,'.join(sorted(sources))}=1")
     except ValueError as e:
         p.error(str(e))
     return cfg
 
 
 def model_config(cfg: TrainConfig) -> DVAConfig:
-    """The preset with this run's loss/inference fields (raises ValueError on a bad value)."""
-    return preset(cfg.preset, sampler_steps=cfg.sampler_steps, motion_weight=cfg.motion_weight,
-                  ctx_noise=cfg.ctx_noise, self_forcing=cfg.self_forcing,
-                  self_forcing_depth=cfg.self_forcing_depth, loss=cfg.loss,
-                  warp=cfg.warp, warp_layers=cfg.warp_layers, warp_interp=cfg.warp_interp,
-                  warp_anchor=cfg.warp_anchor, warp_loss=cfg.warp_loss,
-                  flow_loss=cfg.flow_loss, body_masks=cfg.body_masks,
-                  action_dropout=cfg.action_dropout, policy_loss=cfg.policy_loss, prev_action=cfg.prev_action)
+    """The preset with this run's command-line overrides (raises ValueError on a bad value)."""
+    return preset(cfg.preset, **cfg.model_overrides)
 
 
 def parse_sources(items) -> dict[str, str]:

@@ -665,3 +665,21 @@ def test_the_model_package_knows_no_simulator():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             bad += [f"{f.name}: {n}" for n in names if n.startswith(("dva.pusht", "dva.data"))]
     assert not bad, f"dva/model imports the simulator or the dataset format: {bad}"
+
+
+def test_preset_s_is_the_shipped_model_and_the_cli_is_its_fields():
+    """Presets are what ships: preset s equals the packaged checkpoint's config field for field, and
+    dva.train's command line has one flag per config field, its default s's (nothing mirrored)."""
+    import json
+
+    from dva.train_args import TrainConfig, build_parser, model_config, parse_args
+
+    meta = json.loads((Path(__file__).resolve().parents[1] / "dva" / "assets" / "dva_s.json").read_text())
+    assert preset("s") == DVAConfig.from_dict({**meta["config"], "name": "s"})
+    flags = {a.dest for a in build_parser()._actions} - {"help"}
+    fields = {f.name for cls in (TrainConfig, DVAConfig) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+    assert flags == fields
+    assert model_config(parse_args(["--data", "expert=dva", "--mix", "0:expert=1"])) == preset("s")
+    cfg = parse_args(["--data", "expert=dva", "--mix", "0:expert=1", "--preset", "tiny", "--warp", "--enc-ch", "8", "8", "16",
+                      "--groups", "4", "--no-warp-anchor"])
+    assert model_config(cfg) == preset("tiny", warp=True, enc_ch=(8, 8, 16), groups=4, warp_anchor=False)

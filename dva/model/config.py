@@ -1,5 +1,6 @@
-"""Model configs: one dataclass, named presets (`tiny` for tests, `s` the CPU-real-time default,
-`m` a GPU preset under 30M parameters including the IDM).
+"""Model configs: one dataclass whose fields carry their --help (dva.train's command line is
+derived from them), and named presets: `tiny` for tests, `s` exactly what ships (the packaged
+model's config), `m` the same recipe as a GPU preset under 30M parameters including the IDM.
 
 Sizes of `s` are chosen from measured CPU latency (2-core CPU, fp32, batch 1; docs/model.md):
 the decoder works at 48x48 (space-to-depth), where every sampler step is the dominant cost.
@@ -7,96 +8,91 @@ the decoder works at 48x48 (space-to-depth), where every sampler step is the dom
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str, **cli):
+    """A config field declared once with its --help text (dva.train derives its command line from
+    the fields of DVAConfig and TrainConfig); cli may add argparse keywords such as choices."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class DVAConfig:
-    name: str = "s"
-    img: int = 96  # frames are img x img RGB; the decoder works at img/2 via space-to-depth
+    name: str = opt("s", "preset name (informational)", cli=False)
+    img: int = opt(96, "frame side in px; the decoder works at img/2 (space-to-depth). Data that stores "
+                       "frames sets it")
     # encoder: channels per level at 48, 24, 12 px; tokens come from a token_grid x token_grid pool
-    enc_ch: tuple[int, ...] = (32, 64, 128)
-    token_grid: int = 4  # N = token_grid**2 tokens per frame
+    enc_ch: tuple[int, ...] = opt((32, 64, 128), "encoder channels per level (img/2, img/4, img/8)")
+    token_grid: int = opt(4, "tokens per frame = token_grid**2 (pooled encoder features)")
     # causal transformer over frames
-    d_model: int = 192
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    window: int = 8  # ring KV cache size W (frames); training with L <= W+1 never exceeds it
-    rope_base: float = 10000.0
+    d_model: int = opt(192, "transformer width")
+    n_layers: int = opt(4, "transformer layers")
+    n_heads: int = opt(4, "attention heads")
+    mlp_ratio: float = opt(4.0, "transformer MLP width / d_model")
+    window: int = opt(8, "ring KV cache size in frames; training with seq_len <= window + 1 never exceeds it")
+    rope_base: float = opt(10000.0, "RoPE base over frame positions")
     # flow-matching U-Net decoder: channels per level at 48, 24, 12 px, res blocks per level
-    dec_ch: tuple[int, ...] = (32, 64, 128)
-    dec_blocks: int = 1
+    dec_ch: tuple[int, ...] = opt((32, 64, 128), "decoder (U-Net) channels per level")
+    dec_blocks: int = opt(1, "residual blocks per decoder level")
     # warp head: the decoder also predicts a displacement field and starts from frame t warped by
     # it (x_hat = warp(frame t, flow) + residual), so a moved T is the old T resampled, not
     # repainted; a zero-initialised head makes the model start as the residual-only one
-    warp: bool = False
-    # 0: the warp head is a dense displacement field; K > 0: that field made piecewise rigid, each
-    # pixel in one of K layers moved by the rotation + shift fitted to it (unet.RigidLayers; tried
-    # as stage 7 and not shipped: docs/history.md)
-    warp_layers: int = 0
-    # how the warp resamples frame t: 'bilinear' or 'bicubic'. Why bicubic: in a dream every frame
-    # is the previous dream resampled, and bilinear sampling blurs at each step: warping held-out
-    # expert frames by their *true* motion 8 times left the rigid-T IoU at 0.930 with bilinear,
-    # 0.961 with bicubic (`python -m dva.pusht.warp_ceiling`, docs/history.md)
-    warp_interp: str = "bilinear"
-    # anchored dreams (inference; needs body_masks): the T and disc layers of a dreamed frame
-    # sample the last *real* frame by their motions composed since it, instead of the previous
-    # dream, so a dream resamples the T once, not once per step. Why: re-warping the previous
-    # dream 8 times caps the step-8 rigid-T IoU at 0.930 (bilinear) even with the true motion;
-    # one warp by the composed true motion reaches 0.967 (`python -m dva.pusht.warp_ceiling`)
-    warp_anchor: bool = False
-    # weight of a cross-entropy loss that makes 3 rigid layers the three bodies of a frame (layer
-    # 0 the static scene, 1 the T, 2 the disc: dva.pusht.flow.body_labels of the next frame's
-    # state); with it layer 0 keeps the dense field (the static scene and the pixels a body
-    # uncovers) and only the T and the disc move rigidly. Unsupervised layers split the T in two
-    # and moved the background as a whole (stage 7)
-    body_masks: float = 0.0
-    # weight of a second loss on the warped frame alone (no residual): it makes the displacement
-    # field explain the motion (without it the residual did all the work: `s`, 2-core CPU, 309
-    # fine-tuning steps, 0.14 px on the T vs 0.31 px off it, the same blur; docs/history.md)
-    warp_loss: float = 0.0
-    # weight of an L1 loss (in pixels) between the warp head's dense displacement and the true
-    # motion of the T and the disc, computed from the training sequence's states
-    # (dva.pusht.flow): trained through the image loss alone the head moved the pushed T by under
-    # half its true motion and the residual repainted it (docs/history.md, stages 5 and 8)
-    flow_loss: float = 0.0
-    cond_dim: int = 256  # width of the (tau, context, action) modulation vector
-    motion_weight: float = 20.0  # extra loss weight on pixels that change between t and t+1
-    action_dropout: float = 0.25  # P(action hidden) in training, so sampling without one works
-    # weight of the free dream's action loss (training only): where the action is hidden, the IDM
-    # (frozen: no gradient reaches its weights) reads the predicted next frame and its action is
-    # compared (L1, [-1, 1] units, weighted by 1 - tau) with the one the data took. Why: the free
-    # dream *is* the policy, and a pixel loss says nothing useful about a disc dreamed a few pixels
-    # from where the expert put it (two ~3 px blobs that do not overlap: the same loss at any
-    # distance), so it learns to hedge ("stay", or a fading disc); read through the IDM the error
-    # is a distance in the action space, with a gradient that points to the expert's choice
-    policy_loss: float = 0.0
-    # the decoder also gets the action executed into frame t (a_{t-1}; a learned "unknown" at the
-    # start of an episode). Why: the pointer leads the disc by ~36 px (DESIGN.md 3), so the frames
-    # alone hide where it is, while the expert moves it at a nearly constant velocity: on held-out
-    # expert episodes continuing the known actions' velocity misses the next action by 8.5 px, the
-    # free dream without them by 24-27 px (docs/policy.md). Zero-initialised: adding it changes nothing
-    prev_action: bool = False
-    # context noise augmentation (training only): each context frame gets Gaussian noise of a
-    # std drawn from U(0, ctx_noise), so the model learns to predict from imperfect frames (its
-    # own dreams, in autoregressive rollouts) instead of amplifying their errors
-    ctx_noise: float = 0.0
-    # self forcing (training only; parallel scheduled sampling): a no-grad pass predicts every
-    # next frame from the context (1 sampler step, as shipped), and each context frame after the
-    # first is replaced by the model's own prediction of it with this probability, so the model
-    # learns to turn its own blurred dreams back into a sharp next frame
-    self_forcing: float = 0.0
-    # passes of that no-grad prediction; the swapped frames of pass k are predicted from the
-    # context of pass k-1 (same swap mask, same noise), so a run of up to this many consecutive
-    # swapped frames is exactly the model's own autoregressive rollout of them (Jacobi iteration
-    # of the causal rollout): with 1 the model only ever sees 1-step errors, not compounded ones
-    self_forcing_depth: int = 1
-    loss: str = "mse"  # 'mse' (conditional mean: blurs what is uncertain) or 'l1' (median: stays sharp)
-    sampler_steps: int = 4
-    # inverse dynamics model: 3 frames (t-1, t, t+1) -> action t
-    idm_ch: tuple[int, ...] = (32, 64, 128, 128)
-    groups: int = 8  # GroupNorm groups everywhere
+    warp: bool = opt(False, "warp head: predict a displacement field and start from frame t warped by it, "
+                            "so a moved body is resampled, not repainted; --init may add it (zero-initialised)")
+    # K > 0: that field made piecewise rigid, each pixel in one of K layers moved by the rotation +
+    # shift fitted to it (unet.RigidLayers); unsupervised layers split the T in two (stage 7), so
+    # the shipped model supervises 3 of them with body_masks
+    warp_layers: int = opt(0, "with warp: K > 0 makes the field piecewise rigid, K layers each moved by a fitted "
+                              "rotation + shift; --init may add it")
+    # Why bicubic exists: in a dream every frame is the previous dream resampled, and bilinear
+    # sampling blurs at each step: warping held-out expert frames by their *true* motion 8 times
+    # left the rigid-T IoU at 0.930 with bilinear, 0.961 with bicubic (dva.pusht.warp_ceiling)
+    warp_interp: str = opt("bilinear", "how the warp resamples frame t; --init may change it",
+                           choices=("bilinear", "bicubic"))
+    # anchored dreams: re-warping the previous dream 8 times caps the step-8 rigid-T IoU at 0.930
+    # (bilinear) even with the true motion; one warp by the composed true motion reaches 0.967
+    warp_anchor: bool = opt(False, "anchored dreams (needs body_masks): the bodies of a dreamed frame sample the "
+                                   "last real frame by their motions composed since it; --init may change it")
+    # with body_masks layer 0 keeps the dense field (the static scene and the pixels a body
+    # uncovers) and only the moving bodies move rigidly
+    body_masks: float = opt(0.0, "weight of a cross-entropy loss that makes warp_layers 3 the bodies of a frame "
+                                 "(scene, T, disc), from per-pixel labels a simulator source gives; 0: off")
+    # without warp_loss the residual did all the work (`s`, 309 fine-tuning steps: 0.14 px of
+    # motion on the T vs 0.31 px off it, the same blur; docs/history.md)
+    warp_loss: float = opt(0.0, "weight of a pixel loss on the warped frame alone (needs warp): the field, not "
+                                "the residual, must explain the motion; 0: off")
+    # trained through the image loss alone the head moved the pushed T by under half its true
+    # motion and the residual repainted it (docs/history.md, stages 5 and 8)
+    flow_loss: float = opt(0.0, "weight of an L1 loss (px) of the displacement field (needs warp) against the "
+                                "true motion, which a simulator source gives; 0: off")
+    cond_dim: int = opt(256, "width of the decoder's (tau, context, action) modulation vector")
+    motion_weight: float = opt(20.0, "extra loss weight on pixels that change between frame t and t+1")
+    action_dropout: float = opt(0.25, "P(action hidden) in training: those samples train the free dream (the "
+                                      "policy), the rest the action-conditioned one")
+    # Why policy_loss: the free dream *is* the policy, and a pixel loss says nothing useful about a
+    # disc dreamed a few pixels from where the expert put it (two ~3 px blobs that do not overlap:
+    # the same loss at any distance); read through the IDM the error is a distance in action space
+    policy_loss: float = opt(0.0, "weight of the free dream's action loss: the IDM (frozen for it) reads each "
+                                  "freely predicted frame, L1 against the data's action (needs --model both); 0: off")
+    # Why prev_action: the pointer leads the disc by ~36 px (DESIGN.md 3), so the frames alone hide
+    # where it is, while the expert moves it at a nearly constant velocity (docs/policy.md)
+    prev_action: bool = opt(False, "the decoder also gets the action executed into frame t (a learned 'unknown' "
+                                   "at an episode's start); --init may add it (zero-initialised)")
+    # Autoregressive dreams feed the model its own slightly wrong frames; without context noise or
+    # self forcing a model trained on clean frames turned the T into a noisy cloud (docs/history.md)
+    ctx_noise: float = opt(0.0, "each context frame gets Gaussian noise of a std from U(0, this) in training; 0: off")
+    self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
+                                   "in training (one no-grad pass per self_forcing_depth); 0: off")
+    # depth K: a run of up to K consecutive swapped frames is exactly the model's own rollout of
+    # them (Jacobi iteration of the causal rollout); with 1 it only ever sees 1-step errors
+    self_forcing_depth: int = opt(1, "no-grad passes of self forcing: runs of <= K swapped frames are the "
+                                     "model's exact autoregressive rollout")
+    loss: str = opt("mse", "pixel loss: 'mse' (the mean: blurs what is uncertain) or 'l1' (the median: sharp)",
+                    choices=("mse", "l1"))
+    sampler_steps: int = opt(4, "flow-matching sampler steps (validation; the exported default of a checkpoint)")
+    idm_ch: tuple[int, ...] = opt((32, 64, 128, 128), "IDM channels per level; it reads frames (t-1, t, t+1) -> a_t")
+    groups: int = opt(8, "GroupNorm groups everywhere")
 
     def __post_init__(self):
         self.enc_ch = tuple(int(c) for c in self.enc_ch)
@@ -136,6 +132,8 @@ class DVAConfig:
             raise ValueError("warp_anchor needs body_masks > 0 (layers 1 and 2 must be the T and the disc)")
         if self.warp_interp not in WARP_INTERPS:
             raise ValueError(f"warp_interp must be one of {WARP_INTERPS}, got {self.warp_interp!r}")
+        if self.motion_weight < 0:
+            raise ValueError(f"motion_weight must be >= 0, got {self.motion_weight}")
         if not 0 <= self.action_dropout <= 1:
             raise ValueError(f"action_dropout must be in [0, 1], got {self.action_dropout}")
         if self.policy_loss < 0 or (self.policy_loss and not self.action_dropout):
@@ -168,16 +166,21 @@ RETIRED = ("backend",)
 
 WARP_INTERPS = ("bilinear", "bicubic")  # DVAConfig.warp_interp: grid_sample modes the warp may use
 
+# The shipped model's heads and losses (dva/assets/dva_s.json; docs/model.md): a rigid warp of
+# three supervised bodies, anchored dreams, L1, self forcing over 3-frame rollouts, 1 sampler step.
+SHIPPED = dict(warp=True, warp_layers=3, body_masks=0.05, warp_anchor=True, warp_loss=0.5, flow_loss=0.1,
+               motion_weight=5.0, loss="l1", self_forcing=0.6, self_forcing_depth=3, sampler_steps=1)
+
 PRESETS: dict[str, DVAConfig] = {
-    # seconds on CPU: for tests
+    # seconds on CPU, no simulator losses (trains on any video): for tests
     "tiny": DVAConfig(name="tiny", enc_ch=(16, 16, 32), token_grid=2, d_model=32, n_layers=2, n_heads=2,
                       window=4, dec_ch=(16, 16, 32), cond_dim=32, idm_ch=(16, 16, 32, 32), groups=4),
-    # the default: real time on 2 CPU cores at 4 sampler steps
-    "s": DVAConfig(name="s"),
-    # GPU preset, < 30M parameters including the IDM
+    # what ships (dva/assets/dva_s): real time on 2 CPU cores; tests/test_model.py checks it equals the package
+    "s": DVAConfig(name="s", **SHIPPED),
+    # GPU preset, < 30M parameters including the IDM: the shipped recipe at a larger size
     "m": DVAConfig(name="m", enc_ch=(64, 128, 256), token_grid=6, d_model=384, n_layers=6, n_heads=6,
                    window=16, dec_ch=(64, 128, 256), dec_blocks=2, cond_dim=512, idm_ch=(32, 64, 128, 256),
-                   groups=16),
+                   groups=16, **SHIPPED),
 }
 
 
