@@ -355,13 +355,11 @@ def test_loss_is_the_motion_weighted_pixel_error(kind, warp_loss, flow_loss, bod
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
     states = torch.tensor([200.0, 200.0, 256.0, 300.0, 0.5]) + torch.randn(2, 4, 5) * torch.tensor([20, 20, 5, 5, 0.1])
-    got = {}
-    h = m.decoder.register_forward_hook(lambda mod, inp, out: got.setdefault("out", out))
     from dva.train import simulator_targets
 
-    loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), **simulator_targets(states, m.cfg))
-    h.remove()
-    x_hat, warped, disp, logits = got["out"]
+    with m.record() as outs:
+        loss = m.eval()(x, act, generator=torch.Generator().manual_seed(1), **simulator_targets(states, m.cfg))
+    x_hat, warped, disp, logits = outs[0].x_hat, outs[0].warped, outs[0].dense, outs[0].logits
     target, prev = x[:, 1:].flatten(0, 1), x[:, :-1].flatten(0, 1)
     w = 1 + 5.0 * ((target - prev).abs().amax(1, keepdim=True) > 0.1).float()
 
@@ -605,7 +603,7 @@ def test_policy_loss_reads_the_free_dream_through_a_frozen_idm():
     base = DVA(dataclasses.replace(cfg, policy_loss=0.0)).train()
     base.load_state_dict(net.dva.state_dict())
     loss0 = base(x, act, generator=torch.Generator().manual_seed(1))  # the same tau, noise and dropout
-    tau, keep, x_hat = got["inp"][1], got["inp"][6], got["out"][0]
+    tau, keep, x_hat = got["inp"][1], got["inp"][4], got["out"].x_hat
     free = ~keep
     assert free.any() and keep.any()
     prev, cur = torch.cat([x[:, :1], x[:, :-2]], 1).flatten(0, 1), x[:, :-1].flatten(0, 1)
@@ -683,3 +681,25 @@ def test_preset_s_is_the_shipped_model_and_the_cli_is_its_fields():
     cfg = parse_args(["--data", "expert=dva", "--mix", "0:expert=1", "--preset", "tiny", "--warp", "--enc-ch", "8", "8", "16",
                       "--groups", "4", "--no-warp-anchor"])
     assert model_config(cfg) == preset("tiny", warp=True, enc_ch=(8, 8, 16), groups=4, warp_anchor=False)
+
+
+def test_action_aux_adds_the_heads_l1_on_the_context():
+    """DVAConfig.action_aux: the loss grows by exactly weight x L1(head(context of frame t), a_t)
+    (same weights, same noise), and the head and the trunk get its gradient."""
+    torch.manual_seed(0)
+    m1 = DVA(tiny(action_aux=0.5)).eval()
+    m0 = DVA(tiny()).eval()
+    m0.load_state_dict({k: v for k, v in m1.state_dict().items() if not k.startswith("action_head.")})
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+    l1 = m1(x, act, generator=torch.Generator().manual_seed(3))
+    l0 = m0(x, act, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        head = m1.action_head(m1.context(x[:, :-1]).tokens.flatten(1))
+    want = 0.5 * (head - norm_action(act[:, :-1].flatten(0, 1))).abs().mean()
+    torch.testing.assert_close(l1 - l0, want, rtol=1e-4, atol=1e-6)
+    l1.backward()
+    assert m1.action_head[0].weight.grad.abs().sum() > 0 and m1.encoder.stem.weight.grad.abs().sum() > 0
+    assert DVA(tiny()).action_head is None
+    with pytest.raises(ValueError, match="action_aux"):
+        tiny(action_aux=-1.0)

@@ -12,7 +12,7 @@ Inference (the contract the controller builds on):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -23,21 +23,7 @@ from . import frames as fr
 from .config import DVAConfig
 from .encoder import Encoder
 from .transformer import CausalTransformer, RingCache
-from .unet import FlowUNet
-
-
-@dataclass
-class Context:
-    """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t, the
-    encoder's features of frame t (the spatial skip) and frame t itself (B, 3, H, W). For a
-    dreamed frame t under DVAConfig.warp_anchor (see `dream`) also the last real frame (B, 3, H, W)
-    and the rigid layers' motions (B, K - 1, 4) from frame t to it; None for a real frame."""
-
-    tokens: torch.Tensor
-    feats: list
-    frame: torch.Tensor
-    anchor: torch.Tensor | None = None
-    motion: torch.Tensor | None = None
+from .unet import Context, DecoderOut, FlowUNet
 
 
 # A pixel whose true motion is over this many px moved (the flow loss weighs it up; dva.pusht.flow.moving_bodies).
@@ -55,6 +41,10 @@ class DVA(nn.Module):
         self.encoder = Encoder(cfg)
         self.transformer = CausalTransformer(cfg)
         self.decoder = FlowUNet(cfg)
+        self._record: list | None = None  # see record()
+        # DVAConfig.action_aux: training only (the policy reads actions off dreams, not off this)
+        n = cfg.d_model * cfg.tokens_per_frame
+        self.action_head = nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2)) if cfg.action_aux else None
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
     @staticmethod
@@ -112,23 +102,43 @@ class DVA(nn.Module):
         keep = torch.rand(n, device=dev, generator=generator) >= self.cfg.action_dropout
         t4 = tau.view(-1, 1, 1, 1)
         x_tau = (1 - t4) * noise + t4 * target
-        anc = None if ctx.anchor is None else (ctx.anchor, ctx.motion)
-        x_hat, warped, disp, logits = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, act, keep,
-                                                   with_warp=True, anchor=anc, prev=prev, prev_mask=prev_mask)
+        out = self.decode(x_tau, tau, ctx, act, keep, prev, prev_mask)
+        x_hat = out.x_hat
         # Pixels that change between frame t and t+1 (the disc, a pushed block) are ~1% of a
         # frame; weighting them up keeps the loss from being all "copy the background".
         moved = ((target - clean.flatten(0, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (n, 1, H, W)
         w = 1.0 + self.cfg.motion_weight * moved
         loss = self._pixel_loss(x_hat, target, w)
         if self.cfg.warp_loss:  # the warped frame alone must explain the motion too
-            loss = loss + self.cfg.warp_loss * self._pixel_loss(warped, target, w)
+            loss = loss + self.cfg.warp_loss * self._pixel_loss(out.warped, target, w)
         if self.cfg.flow_loss:
-            loss = loss + self.cfg.flow_loss * self._flow_loss(disp, flow)
+            loss = loss + self.cfg.flow_loss * self._flow_loss(out.dense, flow)
         if self.cfg.body_masks:
-            loss = loss + self.cfg.body_masks * self._mask_loss(logits, labels)
+            loss = loss + self.cfg.body_masks * self._mask_loss(out.logits, labels)
         if self.cfg.policy_loss:
             loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
+        if self.action_head is not None:  # the context of frame t must hold the action taken out of it
+            loss = loss + self.cfg.action_aux * (self.action_head(ctx.tokens.flatten(1)).float() - act).abs().mean()
         return loss
+
+    def decode(self, x_tau, tau, ctx: Context, action=None, action_mask=None, prev=None, prev_mask=None) -> DecoderOut:
+        """One decoder evaluation (actions in [-1, 1]); recorded while record() is active."""
+        out = self.decoder(x_tau, tau, ctx, action, action_mask, prev, prev_mask)
+        if self._record is not None:
+            self._record.append(out)
+        return out
+
+    @contextmanager
+    def record(self):
+        """Collects the DecoderOut of every decoder evaluation (training forward, each sampler step
+        of sample/dream) while active, in order: how validation reads the warp head's
+        displacement and the body masks without hooking submodules by name."""
+        outs: list[DecoderOut] = []
+        self._record = outs
+        try:
+            yield outs
+        finally:
+            self._record = None
 
     def _policy_loss(self, seen, x_hat, act, free, tau, action_reader):
         """L1 between the action read off each freely predicted frame (frames t-1, t as the model
@@ -251,10 +261,8 @@ class DVA(nn.Module):
         if prev is not None and not isinstance(prev, tuple):
             prev = (fr.norm_action(prev), None)
         p, pm = (None, None) if prev is None else prev
-        anchor = (ctx.anchor, ctx.motion) if ctx.anchor is not None else None
-        x_hat, motion = self.decoder(x_tau, tau, ctx.frame, ctx.tokens, ctx.feats, a, anchor=anchor, with_motion=True,
-                                     prev=p, prev_mask=pm)
-        return (x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1), motion
+        out = self.decode(x_tau, tau, ctx, a, None, p, pm)
+        return (out.x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1), out.motion
 
     def sample(self, ctx: Context, action=None, steps: int | None = None, noise=None, generator=None,
                prev_action=None):

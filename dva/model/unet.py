@@ -16,12 +16,40 @@ on their grid and added at the bottleneck (where the predicted motion is decided
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DVAConfig
 from .layers import GNSiLU, ResBlock, ScalarEmbed, conv3
+
+
+@dataclass
+class Context:
+    """What the decoder needs to predict frame t+1: transformer output (B, N, D) of frame t, the
+    encoder's features of frame t (the spatial skip) and frame t itself (B, 3, H, W). For a
+    dreamed frame t under DVAConfig.warp_anchor (see DVA.dream) also the last real frame (B, 3, H, W)
+    and the rigid layers' motions (B, K - 1, 4) from frame t to it; None for a real frame."""
+
+    tokens: torch.Tensor
+    feats: list
+    frame: torch.Tensor
+    anchor: torch.Tensor | None = None
+    motion: torch.Tensor | None = None
+
+
+@dataclass
+class DecoderOut:
+    """Everything one decoder evaluation computes; the fields of heads the model lacks are None."""
+
+    x_hat: torch.Tensor  # the predicted next frame (B, 3, H, W)
+    warped: torch.Tensor  # frame t warped by the displacement, before the residual (frame t without a warp head)
+    dense: torch.Tensor | None = None  # the warp head's dense displacement (B, 2, H/2, W/2), px
+    disp: torch.Tensor | None = None  # the displacement applied: dense, or made rigid by layers (B, 2, H, W), px
+    logits: torch.Tensor | None = None  # the rigid layers' mask logits (B, K, H/2, W/2)
+    motion: torch.Tensor | None = None  # the rigid layers' motion from the predicted frame to the anchor (or frame t)
 
 
 def action_map(action, action_mask, size: int, dtype, device, batch: int, sigma_px: float = 12.0):
@@ -106,18 +134,13 @@ class FlowUNet(nn.Module):
                 a = torch.where(action_mask[:, None], a, self.null_act.to(a.dtype))
         return self.cond_act(c + a)
 
-    def forward(self, x_tau, tau, frame, ctx, feats, action=None, action_mask=None, with_warp: bool = False,
-                anchor=None, with_motion: bool = False, prev=None, prev_mask=None):
-        """x_tau, frame: (B, 3, H, W); tau: (B,); ctx: (B, N, D); feats: encoder features of
-        frame t. Returns the predicted next frame (B, 3, H, W), and with_warp also frame t warped
-        by the predicted displacement (before the residual; frame t itself without a warp head),
-        the dense displacement (B, 2, H/2, W/2) in pixels (None without a warp head) and the rigid
-        layers' mask logits (B, K, H/2, W/2) (None without them).
-        anchor: (frame a (B, 3, H, W), motions (B, K - 1, 4)) for DVAConfig.warp_anchor: the
-        rigid layers (T, disc) sample a, the last real frame, by their motion from frame t to it
-        composed with this step's; with_motion also returns the rigid layers' motion from the
-        predicted frame to a (to frame t without an anchor) (None without rigid layers)."""
-        c = self.cond(tau, ctx, action, action_mask, prev, prev_mask)
+    def forward(self, x_tau, tau, ctx: Context, action=None, action_mask=None, prev=None, prev_mask=None) -> DecoderOut:
+        """x_tau: (B, 3, H, W); tau: (B,); ctx: the Context of frame t; action, action_mask, prev,
+        prev_mask as in cond(). With ctx.anchor (DVAConfig.warp_anchor) the rigid layers (T, disc)
+        sample the anchor, the last real frame, by their motion from frame t to it composed with
+        this step's, and DecoderOut.motion is the composed one."""
+        frame, feats = ctx.frame, ctx.feats
+        c = self.cond(tau, ctx.tokens, action, action_mask, prev, prev_mask)
         x = F.pixel_unshuffle(torch.cat([x_tau, frame], dim=1), 2)  # (B, 24, H/2, W/2)
         blob = action_map(action, action_mask, x.shape[-1], x.dtype, x.device, x.shape[0])  # (B, 1, H/2, W/2)
         h = self.stem(torch.cat([x, blob], dim=1))  # (B, c0, H/2, W/2)
@@ -129,8 +152,8 @@ class FlowUNet(nn.Module):
             hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
-        B, N, D = ctx.shape
-        grid = ctx.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
+        B, N, D = ctx.tokens.shape
+        grid = ctx.tokens.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
         h = h + F.interpolate(self.ctx_map(grid), size=h.shape[-2:], mode="nearest")
         h = self.mid(h, c)
         for j, blocks in enumerate(self.up):
@@ -140,22 +163,18 @@ class FlowUNet(nn.Module):
             if j < len(self.upconv):
                 h = self.upconv[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out_norm(h)
-        base, dense, logits, motion = frame, None, None, None
+        base, dense, disp, logits, motion = frame, None, None, None, None
         if self.flow is not None:
             disp = dense = FLOW_GAIN * self.flow(h)
             if self.rigid is not None:
-                disp, m, motion = self.rigid(h, disp, frame.shape[-1])
-                if with_warp:  # (a second 1-channel-per-layer conv: cheaper than threading them out)
-                    logits = self.rigid.mask(h)
+                disp, m, motion, logits = self.rigid(h, dense, frame.shape[-1])
             base = warp(frame, disp, self.warp_interp)
-            if anchor is not None:  # the rigid layers' pixels come from the anchor frame instead
-                motion = compose(anchor[1], motion)
-                from_anchor = warp(anchor[0], self.rigid.field(m, motion, dense), self.warp_interp)
+            if ctx.anchor is not None:  # the rigid layers' pixels come from the anchor frame instead
+                motion = compose(ctx.motion, motion)
+                from_anchor = warp(ctx.anchor, self.rigid.field(m, motion, dense), self.warp_interp)
                 base = m[:, :1] * base + (1 - m[:, :1]) * from_anchor
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
-        if with_warp:
-            return x_hat, base, dense, logits
-        return (x_hat, motion) if with_motion else x_hat
+        return DecoderOut(x_hat, base, dense, disp, logits, motion)
 
 
 # The flow head's output unit in pixels: Adam moves a weight by ~lr per step whatever the gradient's
@@ -212,8 +231,9 @@ class RigidLayers(nn.Module):
         """h: decoder features (B, c_full, n, n); flow: the dense displacement (B, 2, n, n) in px
         of the full frame (size x size). Returns the displacement (B, 2, size, size) in px: each
         pixel p samples the frame at R_k p + t_k, with k its layer, p relative to the frame centre;
-        the layers' one-hot masks (B, K, size, size) (straight-through) and the rigid layers'
-        motions (B, K - r, 4) as (cos, sin, tx, ty), r = 1 with dense_rest else 0."""
+        the layers' one-hot masks (B, K, size, size) (straight-through), the rigid layers'
+        motions (B, K - r, 4) as (cos, sin, tx, ty), r = 1 with dense_rest else 0, and the mask
+        logits (B, K, n, n)."""
         logits = self.mask(h).float()
         n = flow.shape[-1]
         w = self._hard(logits)  # (B, K, n, n): the fit's weights (hard, no gradient: see above)
@@ -232,7 +252,7 @@ class RigidLayers(nn.Module):
         m = self._one_hot(F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False))
         r = 1 if self.dense_rest else 0  # layers from r on move rigidly
         motion = torch.stack([cos, sin, tx, ty], dim=-1)[:, r:]  # (B, K - r, 4)
-        return self.field(m, motion, flow), m, motion
+        return self.field(m, motion, flow), m, motion, logits
 
     def field(self, m, motion, flow):
         """The displacement (B, 2, size, size) in px of layers m (B, K, size, size) moved by

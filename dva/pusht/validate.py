@@ -11,7 +11,6 @@ For a model with the warp head, `warp_stats` says whether its displacement follo
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from dva.model.dva import DVA
 from dva.model.frames import from_frames, to_frames
 from dva.model.idm import IDM
-from dva.model.unet import FLOW_GAIN, warp
+from dva.model.unet import warp
 
 from .flow import T_BODY, body_labels, motion_field, moving_bodies
 
@@ -123,17 +122,17 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         g = torch.Generator(device=x.device).manual_seed(seed)
         ctx = model.context(x[:, :-1])  # teacher-forced: every position sees real frames
         act = actions[:, :-1].flatten(0, 1)
-        rigid, masks = model.decoder.rigid, []
-        hook = rigid.mask.register_forward_hook(lambda mod, i, o: masks.append(o)) \
-            if rigid is not None and rigid.dense_rest and states is not None else None
-        with _flow_probe(model) as flows:  # the warp head's displacement (px) at each sampler step
+        with model.record() as outs:  # every decoder evaluation: its displacement and masks
             one = model.sample(ctx, act, steps=steps, generator=g,  # (B*(T-1), 3, H, W)
                                prev_action=model.prev_actions(actions[:, :-1]))
-        if hook is not None:  # supervised body layers: does the T's layer cover the T of the next frame?
-            hook.remove()
+        flows = [o.disp for o in outs if o.disp is not None]  # the warp head's displacement (px) per sampler step
+        rigid = model.decoder.rigid
+        if rigid is not None and rigid.dense_rest and states is not None:
+            # supervised body layers: does the T's layer cover the T of the next frame?
             lab = body_labels(states[:, 1:], x.shape[-1]).flatten(0, 1)
-            k = x.shape[-1] // masks[-1].shape[-1]
-            m["mask_iou_t"] = float(mask_iou(masks[-1].argmax(1) == T_BODY, lab[:, k // 2::k, k // 2::k] == T_BODY).mean())
+            logits = outs[-1].logits
+            k = x.shape[-1] // logits.shape[-1]
+            m["mask_iou_t"] = float(mask_iou(logits.argmax(1) == T_BODY, lab[:, k // 2::k, k // 2::k] == T_BODY).mean())
         target = x[:, 1:].flatten(0, 1)
         # the true motion of every frame pair (B, T-1, 2, H, W) px, for a warp head and known states
         true = motion_field(states[:, :-1], states[:, 1:], x.shape[-1]) if flows and states is not None else None
@@ -142,8 +141,9 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
                                 None if true is None else true.flatten(0, 1), model.cfg.warp_interp))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
-        with _flow_probe(model) as ar_flows:
+        with model.record() as outs:
             dreams = rollout(model, x, actions, n_ctx, steps, seed)
+        ar_flows = [o.disp for o in outs if o.disp is not None]
         if true is not None:  # does the head still carry the true motion deep in a dream?
             agree = [motion_agreement(ar_flows[(k + 1) * steps - 1], true[:, n_ctx + k - 1])
                      for k in range(T - n_ctx)]
@@ -166,23 +166,6 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
             err.append((a.float() - actions[:, t].float()).norm(dim=-1))
         m["idm_err_px"] = float(torch.cat(err).mean())
     return m, dreams
-
-
-@contextmanager
-def _flow_probe(model: DVA):
-    """Collects the warp head's displacement in px (dense, or made rigid) at every decoder call
-    while active; stays empty for a model without a warp head. The hook never outlives the block."""
-    flows: list = []
-    hook = None
-    if model.decoder.rigid is not None:
-        hook = model.decoder.rigid.register_forward_hook(lambda mod, i, o: flows.append(o[0]))
-    elif model.decoder.flow is not None:
-        hook = model.decoder.flow.register_forward_hook(lambda mod, i, o: flows.append(FLOW_GAIN * o))
-    try:
-        yield flows
-    finally:
-        if hook is not None:
-            hook.remove()
 
 
 def motion_agreement(flow, true) -> tuple[float, float]:
