@@ -116,9 +116,10 @@ def state_tensors(model: Trainee, ema: Trainee, opt) -> dict[str, torch.Tensor]:
 VAL_SEED = 0
 
 # config fields that only change the loss or inference, not the weights: --init may change them
-# (warp_interp and warp_anchor change the forward pass but no weight: a fine-tune learns them)
+# (warp_anchor changes the forward pass but no weight: a fine-tune learns it)
 # (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
-_LOSS_ONLY = ("motion_weight", "ctx_noise", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout", "policy_loss", "sampler_steps", "warp_interp", "warp_anchor")
+_LOSS_ONLY = ("motion_weight", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout",
+              "policy_loss", "sampler_steps", "warp_anchor")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

@@ -253,27 +253,6 @@ def test_t_rigid_iou_tells_a_moved_t_from_a_dissolved_one():
     assert r[5] < 0.6, r
 
 
-def test_context_noise_only_in_training():
-    """ctx_noise perturbs the context frames of the training loss, and only in train mode."""
-    from dva.model.config import preset
-
-    torch.manual_seed(0)
-    a = DVA(preset("tiny", ctx_noise=0.1))
-    b = DVA(preset("tiny", ctx_noise=0.0))
-    b.load_state_dict(a.state_dict())
-    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
-    act = torch.rand(2, 4, 2) * 512
-
-    def loss(m, train):
-        m.train(train)
-        return m(x, act, generator=torch.Generator().manual_seed(3)).item()
-
-    assert loss(a, False) == loss(b, False) == loss(b, True)
-    assert loss(a, True) != loss(b, True)
-    with pytest.raises(ValueError, match="ctx_noise"):
-        preset("tiny", ctx_noise=-0.1)
-
-
 def test_self_forcing_swaps_context_frames_for_the_models_own_predictions():
     """With self_forcing=1 every context frame after the first is the model's 1-step prediction
     of it from the real frames before it (what an autoregressive dream feeds back); frame 0 and
@@ -419,7 +398,7 @@ def test_warp_moves_pixels_and_a_zero_head_is_the_residual_model():
 def test_bicubic_warp_keeps_a_t_through_repeated_subpixel_warps():
     """A dream warps the previous dream again and again. 8 warps of 0.375 / -0.25 px should give
     the T moved by (3, -2) px: bicubic sampling keeps it (T-IoU with the one-shot warp ~0.94),
-    bilinear blurs it (~0.81), the reason for DVAConfig.warp_interp. Both are exact for zero and
+    bilinear blurs it (~0.81): what dva.pusht.warp_ceiling compares. Both are exact for zero and
     whole-pixel shifts."""
     from dva.model.unet import warp
     from dva.pusht.validate import t_iou
@@ -437,8 +416,15 @@ def test_bicubic_warp_keeps_a_t_through_repeated_subpixel_warps():
             g = warp(g, step, mode).clamp(-1, 1)  # as the sampler clamps each dreamed frame
         iou[mode] = float(t_iou(g, warp(f, once, mode)))
     assert iou["bicubic"] > 0.9 and iou["bilinear"] < 0.85, iou
-    with pytest.raises(ValueError, match="warp_interp"):
-        preset("tiny", warp_interp="nearest")
+
+
+def test_retired_options_load_only_where_they_change_nothing():
+    """Deleted options in an old checkpoint's JSON: dropped when they hold what is now built in
+    (or never touched inference), refused with the option named otherwise."""
+    base = preset("tiny").to_dict()
+    assert DVAConfig.from_dict({**base, "backend": "triton", "ctx_noise": 0.12, "warp_interp": "bilinear"}) == preset("tiny")
+    with pytest.raises(ValueError, match="warp_interp='bicubic': an option dva no longer has"):
+        DVAConfig.from_dict({**base, "warp_interp": "bicubic"})
 
 
 def test_warp_ceiling_cli_names_bad_input(tmp_path, capsys):

@@ -45,11 +45,6 @@ class DVAConfig:
     # the shipped model supervises 3 of them with body_masks
     warp_layers: int = opt(0, "with warp: K > 0 makes the field piecewise rigid, K layers each moved by a fitted "
                               "rotation + shift; --init may add it")
-    # Why bicubic exists: in a dream every frame is the previous dream resampled, and bilinear
-    # sampling blurs at each step: warping held-out expert frames by their *true* motion 8 times
-    # left the rigid-T IoU at 0.930 with bilinear, 0.961 with bicubic (dva.pusht.warp_ceiling)
-    warp_interp: str = opt("bilinear", "how the warp resamples frame t; --init may change it",
-                           choices=("bilinear", "bicubic"))
     # anchored dreams: re-warping the previous dream 8 times caps the step-8 rigid-T IoU at 0.930
     # (bilinear) even with the true motion; one warp by the composed true motion reaches 0.967
     warp_anchor: bool = opt(False, "anchored dreams (needs body_masks): the bodies of a dreamed frame sample the "
@@ -84,9 +79,8 @@ class DVAConfig:
     # asked the trunk for the expert's intent, and the free dream cannot render what it lacks
     action_aux: float = opt(0.0, "weight of an L1 loss of an MLP head that reads the data's action a_t off the "
                                  "transformer's context of frame t (training only: the policy reads dreams); 0: off")
-    # Autoregressive dreams feed the model its own slightly wrong frames; without context noise or
-    # self forcing a model trained on clean frames turned the T into a noisy cloud (docs/history.md)
-    ctx_noise: float = opt(0.0, "each context frame gets Gaussian noise of a std from U(0, this) in training; 0: off")
+    # Autoregressive dreams feed the model its own slightly wrong frames; trained on clean frames
+    # only, `s` turned the T into a noisy cloud from the second dream step (docs/history.md)
     self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
                                    "in training (one no-grad pass per self_forcing_depth); 0: off")
     # depth K: a run of up to K consecutive swapped frames is exactly the model's own rollout of
@@ -116,8 +110,6 @@ class DVAConfig:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if not 1 <= self.sampler_steps <= 64:
             raise ValueError(f"sampler_steps must be in [1, 64], got {self.sampler_steps}")
-        if not 0 <= self.ctx_noise <= 1:
-            raise ValueError(f"ctx_noise must be in [0, 1], got {self.ctx_noise}")
         if not 0 <= self.self_forcing <= 1:
             raise ValueError(f"self_forcing must be in [0, 1], got {self.self_forcing}")
         if not 1 <= self.self_forcing_depth <= 16 or (self.self_forcing_depth > 1 and not self.self_forcing):
@@ -135,8 +127,6 @@ class DVAConfig:
                              f"{self.body_masks} (warp_layers={self.warp_layers})")
         if self.warp_anchor and not self.body_masks:
             raise ValueError("warp_anchor needs body_masks > 0 (layers 1 and 2 must be the T and the disc)")
-        if self.warp_interp not in WARP_INTERPS:
-            raise ValueError(f"warp_interp must be one of {WARP_INTERPS}, got {self.warp_interp!r}")
         if self.motion_weight < 0:
             raise ValueError(f"motion_weight must be >= 0, got {self.motion_weight}")
         if not 0 <= self.action_dropout <= 1:
@@ -158,6 +148,9 @@ class DVAConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DVAConfig":
+        for k, keep in RETIRED.items():
+            if k in d and keep is not None and d[k] != keep:
+                raise ValueError(f"{k}={d[k]!r}: an option dva no longer has (only {keep!r} loads; docs/history.md)")
         d = {k: v for k, v in d.items() if k not in RETIRED}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -166,12 +159,13 @@ class DVAConfig:
         return cls(**d)
 
 
-# fields that older checkpoints' JSON carries and that no longer configure a model: dropped on load.
-# backend: the dvakern kernel switch is the process's (dvakern.set_backend, DVA_BACKEND, or
-# `python -m dva.train --backend`), not a model's: building a model must not change it.
-RETIRED = ("backend",)
-
-WARP_INTERPS = ("bilinear", "bicubic")  # DVAConfig.warp_interp: grid_sample modes the warp may use
+# Fields that older checkpoints' JSON carries and that no longer configure a model: dropped on
+# load when they hold the value that is now built in (None: any value, the field never changed
+# inference), refused otherwise. backend: the dvakern kernel switch is the process's
+# (dvakern.set_backend, `python -m dva.train --backend`), not a model's. ctx_noise (training-only
+# context noise) was superseded by self forcing and warp_interp ('bicubic' warps) never shipped:
+# deleted 2026-12-05, both in git and docs/history.md.
+RETIRED = {"backend": None, "ctx_noise": None, "warp_interp": "bilinear"}
 
 # The shipped model's heads and losses (dva/assets/dva_s.json; docs/model.md): a rigid warp of
 # three supervised bodies, anchored dreams, L1, self forcing over 3-frame rollouts, 1 sampler step.

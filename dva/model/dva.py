@@ -83,13 +83,6 @@ class DVA(nn.Module):
         seen, anchor = clean, None
         if self.training and self.cfg.self_forcing > 0:
             seen, anchor = self._self_force(clean, actions, generator)
-        if self.training and self.cfg.ctx_noise > 0:
-            # Autoregressive dreams feed the model its own slightly wrong frames; without this a
-            # 4.6M-parameter `s` model trained on clean frames turned the T into a noisy cloud
-            # from the second dreamed frame on (2-core CPU run, step 500, docs/history.md).
-            sig = torch.rand(B, L - 1, 1, 1, 1, device=dev, generator=generator) * self.cfg.ctx_noise
-            eps = torch.randn(clean.shape, device=dev, generator=generator, dtype=clean.dtype)
-            seen = (seen + sig * eps).clamp(-1, 1)  # dreams are clamped to [-1, 1] too
         ctx = self.context(seen)
         if anchor is not None:  # swapped-in dreams are predicted from as dream() would
             ctx.anchor, ctx.motion = anchor[0].flatten(0, 1), anchor[1].flatten(0, 1)

@@ -112,7 +112,6 @@ class FlowUNet(nn.Module):
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
-        self.warp_interp = cfg.warp_interp
         self.rigid = RigidLayers(ch[0], cfg.warp_layers, dense_rest=cfg.body_masks > 0) if cfg.warp_layers else None
 
     def cond(self, tau, ctx, action, action_mask=None, prev=None, prev_mask=None):
@@ -168,10 +167,10 @@ class FlowUNet(nn.Module):
             disp = dense = FLOW_GAIN * self.flow(h)
             if self.rigid is not None:
                 disp, m, motion, logits = self.rigid(h, dense, frame.shape[-1])
-            base = warp(frame, disp, self.warp_interp)
+            base = warp(frame, disp)
             if ctx.anchor is not None:  # the rigid layers' pixels come from the anchor frame instead
                 motion = compose(ctx.motion, motion)
-                from_anchor = warp(ctx.anchor, self.rigid.field(m, motion, dense), self.warp_interp)
+                from_anchor = warp(ctx.anchor, self.rigid.field(m, motion, dense))
                 base = m[:, :1] * base + (1 - m[:, :1]) * from_anchor
         x_hat = base + F.pixel_shuffle(self.out(h), 2)  # (B, 3, H, W)
         return DecoderOut(x_hat, base, dense, disp, logits, motion)

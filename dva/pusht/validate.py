@@ -138,7 +138,7 @@ def validate(model: DVA | None, idm: IDM | None, x: torch.Tensor, actions: torch
         true = motion_field(states[:, :-1], states[:, 1:], x.shape[-1]) if flows and states is not None else None
         if flows:
             m.update(warp_stats(x[:, :-1].flatten(0, 1), target, one, flows[-1],
-                                None if true is None else true.flatten(0, 1), model.cfg.warp_interp))
+                                None if true is None else true.flatten(0, 1)))
         m["psnr_1step"] = float(psnr(one, target).mean())
         m["psnr_1step_copy"] = float(psnr(x[:, :-1].flatten(0, 1), target).mean())
         with model.record() as outs:
@@ -181,13 +181,13 @@ def motion_agreement(flow, true) -> tuple[float, float]:
     return float(epe), float(gain)
 
 
-def warp_stats(frame, target, pred, flow, true=None, mode: str = "bilinear") -> dict:
+def warp_stats(frame, target, pred, flow, true=None) -> dict:
     """Does the warp head explain the motion? frame, target, pred (n, 3, H, W); flow: the head's
     displacement in pixels at the last sampler step (n, 2, h, w). Mean |displacement| in pixels on
     the T, off it and on the pixels that change between frame and target, and the L1 error on
     those changing pixels of copying the frame, of the warped frame alone and of the model. With
     the true motion (n, 2, H, W) px (dva.pusht.flow): on the pixels of moving bodies, its mean
-    length and the mean length of the head's error (end-point error). mode: the model's warp_interp."""
+    length and the mean length of the head's error (end-point error)."""
     disp = flow.float()
     full = torch.nn.functional.interpolate(disp, size=frame.shape[-2:], mode="bilinear")  # (n, 2, H, W)
     mag = full.norm(dim=1)  # (n, H, W)
@@ -197,7 +197,7 @@ def warp_stats(frame, target, pred, flow, true=None, mode: str = "bilinear") -> 
     out = {"flow_px_on_t": float(mag[on_t].mean()), "flow_px_off_t": float(mag[~on_t].mean()),
            "flow_px_moving": float(mag[moving].mean()),
            "l1_moving_copy": float((frame - target).abs()[px].mean()),
-           "l1_moving_warp_only": float((warp(frame, disp, mode) - target).abs()[px].mean()),
+           "l1_moving_warp_only": float((warp(frame, disp) - target).abs()[px].mean()),
            "l1_moving_model": float((pred - target).abs()[px].mean())}
     if true is not None:
         out["flow_px_true_bodies"] = float(true.norm(dim=1)[moving_bodies(true)].mean())

@@ -4,7 +4,7 @@ Warps held-out frames by their *true* motion (dva.pusht.flow) instead of a model
 true background pasted in where the next frame shows no body, and reports the rigid-T IoU
 (dva.pusht.validate.t_rigid_iou) per step. Three ways:
 - `compound_<mode>`: each step warps the previous warped frame, as a dream re-warps the previous
-  dream (mode: the sampling of DVAConfig.warp_interp);
+  dream (mode: bilinear, what the model's warp does, or bicubic, which blurs less);
 - `anchor_bilinear`: each step warps the last real frame once by the composed motion.
 So the first two are the ceilings a warp head with perfect motion reaches under each sampling.
 """
