@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import dvakern
 from dva import checkpoint as ckpt
-from dva.data.loader import MixtureSchedule, SequenceLoader, stored_frame_size
+from dva.data.loader import MixtureSchedule, SequenceLoader, stored_action_range, stored_frame_size
 from dva.data.store import DatasetError
 from dva.model.config import DVAConfig
 from dva.model.dva import DVA, param_count
@@ -71,7 +71,7 @@ class Trainee(nn.Module):
         """The IDM as DVAConfig.policy_loss reads the free dream: gradients reach the frames, not its
         weights (they learn from real frames only, in loss_idm)."""
         params = {k: v.detach() for k, v in self.idm.named_parameters()}
-        return norm_action(torch.func.functional_call(self.idm, params, (prev, cur, nxt)))
+        return norm_action(torch.func.functional_call(self.idm, params, (prev, cur, nxt)), self.idm.cfg.action_range)
 
 
 def simulator_targets(states, mcfg: DVAConfig) -> dict:
@@ -198,11 +198,17 @@ def _train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
 
     mcfg = model_config(cfg)
-    size = stored_frame_size(parse_sources(cfg.data).values())
+    roots = parse_sources(cfg.data).values()
+    size = stored_frame_size(roots)
     if size is not None and size != mcfg.img:  # the image size is the data's (PushT renders at any size)
         mcfg = dataclasses.replace(mcfg, img=size)
         if main:
             print(f"[dva.train] the data's frames are {size}x{size}: model img={size}", flush=True)
+    rng = stored_action_range(roots)  # a LeRobot source's action space, unless --action-range says
+    if rng is not None and "action_range" not in cfg.model_overrides and rng != mcfg.action_range:
+        mcfg = dataclasses.replace(mcfg, action_range=rng)
+        if main:
+            print(f"[dva.train] the data's actions span [{rng[0]:g}, {rng[1]:g}]: model action_range={rng}", flush=True)
     torch.manual_seed(cfg.seed)
     model = Trainee(mcfg, cfg.model).to(dev)
     ema = Trainee(mcfg, cfg.model).to(dev)

@@ -69,6 +69,8 @@ def test_tiny_trains_on_an_exported_lerobot_dataset(pusht, tmp_path):
     logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 6 and all(np.isfinite(r["loss_dva"]) and np.isfinite(r["loss_idm"]) for r in logs)
     model, idm, meta = ckpt.load(tmp_path / "run" / "ckpt")
+    acts = load_dataset(pusht).actions  # the action space is the data's (its stats), the image size too
+    assert model.cfg.action_range == pytest.approx((acts.min(), acts.max()), abs=1e-3) == lerobot.action_range(lr)
     assert model.cfg.img == 96 and idm is not None and meta["step"] == 6 and meta["data_mix"]["sources"] == {"demo": str(lr)}
     # flow/body losses need simulator states, which a LeRobot dataset does not have: a clear refusal
     assert main(args[:-2] + ["--out", str(tmp_path / "run2"), "--warp", "--flow-loss", "0.1"]) == 2

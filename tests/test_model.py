@@ -668,3 +668,19 @@ def test_preset_s_is_the_shipped_model_and_the_cli_is_its_fields():
                       "--groups", "4", "--no-warp-anchor"])
     assert model_config(cfg) == preset("tiny", warp=True, enc_ch=(8, 8, 16), groups=4, warp_anchor=False)
 
+
+
+def test_action_range_maps_the_datas_units_to_unit_range():
+    """DVAConfig.action_range: PushT's default is exactly a / 256 - 1; any (low, high) maps low -> -1,
+    high -> 1 and back, and the IDM reports actions in those units."""
+    a = torch.tensor([[0.0, 512.0], [100.0, 37.5]])
+    torch.testing.assert_close(norm_action(a), a / 256 - 1, rtol=0, atol=0)
+    rng = (-0.5, 1.5)
+    b = torch.tensor([[-0.5, 1.5], [0.5, 0.0]])
+    torch.testing.assert_close(norm_action(b, rng), torch.tensor([[-1.0, 1.0], [0.0, -0.5]]))
+    torch.testing.assert_close(denorm_action(norm_action(b, rng), rng), b)
+    idm = IDM(tiny(action_range=rng)).eval()
+    f = torch.zeros(1, 3, 96, 96)
+    torch.testing.assert_close(idm(f, f, f), denorm_action(idm.forward_norm(f, f, f), rng))
+    with pytest.raises(ValueError, match="action_range"):
+        tiny(action_range=(1.0, 1.0))

@@ -128,6 +128,29 @@ def read(root, camera: str | None = None, progress: bool = False) -> Dataset:
                    states=None, agent_vel=None, coverage=None, actions=actions[keep], frames=frames)
 
 
+def action_range(root) -> tuple[float, float]:
+    """(low, high) over both action coordinates from the dataset's stats (meta/stats.json, or
+    v2.1's meta/episodes_stats.jsonl), without reading the tables."""
+    root = Path(root)
+    stats = root / "meta" / "stats.json"
+    if stats.is_file():
+        a = _json(stats).get("action", {})
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        path = root / "meta" / "episodes_stats.jsonl"
+        if not path.is_file():
+            raise DatasetError(f"{root / 'meta'}: no stats.json or episodes_stats.jsonl (the action range)")
+        try:
+            rows = [json.loads(x)["stats"]["action"] for x in path.read_text().splitlines() if x.strip()]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DatasetError(f"{path}: no action stats ({e})") from None
+        lo = np.min([r["min"] for r in rows], 0) if rows else None
+        hi = np.max([r["max"] for r in rows], 0) if rows else None
+    if lo is None or hi is None or not float(np.max(hi)) > float(np.min(lo)):
+        raise DatasetError(f"{root / 'meta'}: no usable action min/max in the stats")
+    return float(np.min(lo)), float(np.max(hi))
+
+
 def _json(path: Path):
     if not path.is_file():
         raise DatasetError(f"{path}: missing")

@@ -88,6 +88,17 @@ def stored_frame_size(roots) -> int | None:
     return next(iter(sizes.values()), None)
 
 
+def stored_action_range(roots) -> tuple[float, float] | None:
+    """The (low, high) of the actions the LeRobot datasets among roots declare in their stats
+    (their union), None when there are none (dva's PushT datasets: the model's default)."""
+    from dva.data import lerobot
+
+    ranges = [lerobot.action_range(r) for r in roots if lerobot.is_lerobot(r)]
+    if not ranges:
+        return None
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
 def is_val_episode(source: str, episode: int, val_fraction: float) -> bool:
     """Deterministic held-out choice: a hash of (source name, episode index)."""
     h = hashlib.sha256(f"{source}:{episode}".encode()).digest()

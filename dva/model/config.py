@@ -22,6 +22,9 @@ class DVAConfig:
     name: str = opt("s", "preset name (informational)", cli=False)
     img: int = opt(96, "frame side in px; the decoder works at img/2 (space-to-depth). Data that stores "
                        "frames sets it")
+    action_range: tuple[float, ...] = opt((0.0, 512.0), "(low, high) of both action coordinates in the data's units, "
+                                                         "mapped to [-1, 1] (PushT: px); a LeRobot source sets it "
+                                                         "from its stats")
     # encoder: channels per level at 48, 24, 12 px; tokens come from a token_grid x token_grid pool
     enc_ch: tuple[int, ...] = opt((32, 64, 128), "encoder channels per level (img/2, img/4, img/8)")
     token_grid: int = opt(4, "tokens per frame = token_grid**2 (pooled encoder features)")
@@ -92,6 +95,9 @@ class DVAConfig:
         self.enc_ch = tuple(int(c) for c in self.enc_ch)
         self.dec_ch = tuple(int(c) for c in self.dec_ch)
         self.idm_ch = tuple(int(c) for c in self.idm_ch)
+        self.action_range = tuple(float(v) for v in self.action_range)
+        if len(self.action_range) != 2 or not self.action_range[1] > self.action_range[0]:
+            raise ValueError(f"action_range must be (low, high) with high > low, got {self.action_range}")
         if self.img % 16:
             raise ValueError(f"img must be a multiple of 16, got {self.img}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:

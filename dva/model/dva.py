@@ -84,7 +84,7 @@ class DVA(nn.Module):
         if anchor is not None:  # swapped-in dreams are predicted from as dream() would
             ctx.anchor, ctx.motion = anchor[0].flatten(0, 1), anchor[1].flatten(0, 1)
         target = x[:, 1:].flatten(0, 1)  # (B*(L-1), 3, H, W)
-        act = fr.norm_action(actions[:, :-1].flatten(0, 1))  # (B*(L-1), 2)
+        act = fr.norm_action(actions[:, :-1].flatten(0, 1), self.cfg.action_range)  # (B*(L-1), 2)
         prev, prev_mask = self.prev_actions(actions[:, :-1])
         n = target.shape[0]
         tau = torch.rand(n, device=dev, generator=generator)
@@ -142,14 +142,13 @@ class DVA(nn.Module):
         w = (1 - tau[free]).view(-1, 1)
         return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
 
-    @staticmethod
-    def prev_actions(actions):
+    def prev_actions(self, actions):
         """The action executed into each frame of a sequence, for actions (B, T, 2) px leading out
         of frames 0..T-1: ((B*T, 2) in [-1, 1], (B*T,) mask, False at frame 0: unknown)."""
         B, T = actions.shape[:2]
         prev = torch.cat([actions[:, :1], actions[:, :-1]], dim=1)  # (B, T, 2); frame 0's is masked
         mask = (torch.arange(T, device=actions.device) > 0).expand(B, T)
-        return fr.norm_action(prev.flatten(0, 1)), mask.flatten()
+        return fr.norm_action(prev.flatten(0, 1), self.cfg.action_range), mask.flatten()
 
     def _pixel_loss(self, pred, target, w):
         err = pred.float() - target.float()
@@ -245,9 +244,9 @@ class DVA(nn.Module):
 
     def _velocity(self, x_tau, tau, ctx: Context, action=None, prev=None):
         """prev: None (unknown), an action (B, 2) in pixel units, or ((B, 2) in [-1, 1], (B,) mask)."""
-        a = None if action is None else fr.norm_action(action)
+        a = None if action is None else fr.norm_action(action, self.cfg.action_range)
         if prev is not None and not isinstance(prev, tuple):
-            prev = (fr.norm_action(prev), None)
+            prev = (fr.norm_action(prev, self.cfg.action_range), None)
         p, pm = (None, None) if prev is None else prev
         out = self.decode(x_tau, tau, ctx, a, None, p, pm)
         return (out.x_hat - x_tau) / (1 - tau).clamp_min(_MIN_1_TAU).view(-1, 1, 1, 1), out.motion

@@ -1,13 +1,14 @@
 """The one home of frame and action conversions between the data contract and the model.
 
-Data: frames uint8 (..., H, W, 3) HWC, actions float pixel targets in [0, 512].
-Model: frames float (..., 3, H, W) in [-1, 1], actions float in [-1, 1] (a / 256 - 1).
+Data: frames uint8 (..., H, W, 3) HWC, actions float in the data's units (PushT: pointer targets
+in [0, 512] px). Model: frames float (..., 3, H, W) in [-1, 1], actions float in [-1, 1], mapped
+from DVAConfig.action_range (low, high) (PushT's: a / 256 - 1).
 """
 from __future__ import annotations
 
 import torch
 
-ACTION_SCALE = 256.0  # PushT's action space is [0, 512] px
+ACTION_RANGE = (0.0, 512.0)  # PushT's action space (px): DVAConfig.action_range's default
 
 
 def from_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -26,11 +27,13 @@ def to_frames(x: torch.Tensor) -> torch.Tensor:
     return u.movedim(-3, -1).contiguous()
 
 
-def norm_action(a: torch.Tensor) -> torch.Tensor:
-    """Pixel units [0, 512] -> [-1, 1]."""
-    return a.float() / ACTION_SCALE - 1.0
+def norm_action(a: torch.Tensor, rng=ACTION_RANGE) -> torch.Tensor:
+    """Data units [low, high] -> [-1, 1]."""
+    lo, hi = rng
+    return (a.float() - lo) * (2.0 / (hi - lo)) - 1.0
 
 
-def denorm_action(a: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> pixel units [0, 512]."""
-    return (a.float() + 1.0) * ACTION_SCALE
+def denorm_action(a: torch.Tensor, rng=ACTION_RANGE) -> torch.Tensor:
+    """[-1, 1] -> data units [low, high]."""
+    lo, hi = rng
+    return (a.float() + 1.0) * ((hi - lo) / 2.0) + lo

@@ -35,8 +35,8 @@ class IDM(nn.Module):
         return self.head(h)
 
     def forward(self, f_prev, f_t, f_next):
-        """-> (B, 2) actions in pixel units [0, 512]."""
-        return fr.denorm_action(self.forward_norm(f_prev, f_t, f_next))
+        """-> (B, 2) actions in the data's units (cfg.action_range; PushT: px in [0, 512])."""
+        return fr.denorm_action(self.forward_norm(f_prev, f_t, f_next), self.cfg.action_range)
 
     def loss(self, x, actions):
         """x: (B, L, 3, H, W) in [-1, 1], actions (B, L, 2) px; L >= 3. Every interior position t
@@ -45,8 +45,9 @@ class IDM(nn.Module):
         if L < 3:
             raise ValueError(f"IDM training needs sequences of at least 3 frames, got L={L}")
         prev, cur, nxt = (x[:, i:L - 2 + i].flatten(0, 1) for i in range(3))  # (B*(L-2), 3, H, W)
-        target = fr.norm_action(actions[:, 1:L - 1].flatten(0, 1))
+        rng = self.cfg.action_range
+        target = fr.norm_action(actions[:, 1:L - 1].flatten(0, 1), rng)
         pred = self.forward_norm(prev, cur, nxt)
         loss = F.smooth_l1_loss(pred.float(), target, beta=0.02)
-        err_px = ((pred.detach().float() - target) * fr.ACTION_SCALE).norm(dim=-1).mean()
+        err_px = ((pred.detach().float() - target) * ((rng[1] - rng[0]) / 2)).norm(dim=-1).mean()
         return loss, err_px
