@@ -145,6 +145,11 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
         if mine["prev_action"] and not saved["prev_action"]:  # ... or add the (zero-initialised) prev-action input
             saved.pop("prev_action"), mine.pop("prev_action")
             fresh = fresh + ("decoder.prev_emb.", "decoder.null_prev")
+        if mine["action_aux"] and not saved["action_aux"]:  # ... or add the auxiliary action head
+            saved.pop("action_aux"), mine.pop("action_aux")
+            fresh = fresh + ("action_head.",)
+        elif mine["action_aux"] and saved["action_aux"]:  # its weight is a loss weight
+            saved.pop("action_aux"), mine.pop("action_aux")
     diff = ckpt.config_diff(saved, mine)
     if diff:
         raise ckpt.CheckpointError(f"{st}: model config differs from this run's: {'; '.join(diff)}")

@@ -669,7 +669,6 @@ def test_preset_s_is_the_shipped_model_and_the_cli_is_its_fields():
     assert model_config(cfg) == preset("tiny", warp=True, enc_ch=(8, 8, 16), groups=4, warp_anchor=False)
 
 
-
 def test_action_range_maps_the_datas_units_to_unit_range():
     """DVAConfig.action_range: PushT's default is exactly a / 256 - 1; any (low, high) maps low -> -1,
     high -> 1 and back, and the IDM reports actions in those units."""
@@ -684,3 +683,25 @@ def test_action_range_maps_the_datas_units_to_unit_range():
     torch.testing.assert_close(idm(f, f, f), denorm_action(idm.forward_norm(f, f, f), rng))
     with pytest.raises(ValueError, match="action_range"):
         tiny(action_range=(1.0, 1.0))
+
+
+def test_action_aux_adds_the_heads_l1_on_the_context():
+    """DVAConfig.action_aux: the loss grows by exactly weight x L1(head(context of frame t), a_t)
+    (same weights, same noise), and the head and the trunk get its gradient."""
+    torch.manual_seed(0)
+    m1 = DVA(tiny(action_aux=0.5)).eval()
+    m0 = DVA(tiny()).eval()
+    m0.load_state_dict({k: v for k, v in m1.state_dict().items() if not k.startswith("action_head.")})
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+    l1 = m1(x, act, generator=torch.Generator().manual_seed(3))
+    l0 = m0(x, act, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        head = m1.action_head(m1.context(x[:, :-1]).tokens.flatten(1))
+    want = 0.5 * (head - norm_action(act[:, :-1].flatten(0, 1))).abs().mean()
+    torch.testing.assert_close(l1 - l0, want, rtol=1e-4, atol=1e-6)
+    l1.backward()
+    assert m1.action_head[0].weight.grad.abs().sum() > 0 and m1.encoder.stem.weight.grad.abs().sum() > 0
+    assert DVA(tiny()).action_head is None
+    with pytest.raises(ValueError, match="action_aux"):
+        tiny(action_aux=-1.0)

@@ -77,6 +77,11 @@ class DVAConfig:
     # where it is, while the expert moves it at a nearly constant velocity (docs/policy.md)
     prev_action: bool = opt(False, "the decoder also gets the action executed into frame t (a learned 'unknown' "
                                    "at an episode's start); --init may add it (zero-initialised)")
+    # Why action_aux: a ridge probe reads the expert's next action from the package's context at
+    # 23.6 px where pixel BC reads it from two frames at 9.8 (docs/policy.md): world modelling never
+    # asked the trunk for the expert's intent, and the free dream cannot render what it lacks
+    action_aux: float = opt(0.0, "weight of an L1 loss of an MLP head that reads the data's action a_t off the "
+                                 "transformer's context of frame t (training only: the policy reads dreams); 0: off")
     # Autoregressive dreams feed the model its own slightly wrong frames; trained on clean frames
     # only, `s` turned the T into a noisy cloud from the second dream step (docs/history.md)
     self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
@@ -135,6 +140,8 @@ class DVAConfig:
         if self.policy_loss < 0 or (self.policy_loss and not self.action_dropout):
             raise ValueError(f"policy_loss must be >= 0 and needs action_dropout > 0 (it trains the free dream), got "
                              f"{self.policy_loss} (action_dropout={self.action_dropout})")
+        if self.action_aux < 0:
+            raise ValueError(f"action_aux must be >= 0, got {self.action_aux}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
 

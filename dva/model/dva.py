@@ -42,6 +42,9 @@ class DVA(nn.Module):
         self.transformer = CausalTransformer(cfg)
         self.decoder = FlowUNet(cfg)
         self._record: list | None = None  # see record()
+        # DVAConfig.action_aux: training only (the policy reads actions off dreams, not off this)
+        n = cfg.d_model * cfg.tokens_per_frame
+        self.action_head = nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2)) if cfg.action_aux else None
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
     @staticmethod
@@ -107,6 +110,8 @@ class DVA(nn.Module):
             loss = loss + self.cfg.body_masks * self._mask_loss(out.logits, labels)
         if self.cfg.policy_loss:
             loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
+        if self.action_head is not None:  # the context of frame t must hold the action taken out of it
+            loss = loss + self.cfg.action_aux * (self.action_head(ctx.tokens.flatten(1)).float() - act).abs().mean()
         return loss
 
     def decode(self, x_tau, tau, ctx: Context, action=None, action_mask=None, prev=None, prev_mask=None) -> DecoderOut:
