@@ -42,9 +42,10 @@ from dva.data.store import atomic_write_json  # noqa: E402
 
 # The shipped recipe (dva.train's defaults: preset s, the packaged architecture and losses) plus the
 # levers that won on the open-loop policy metric (docs/policy.md: action dropout 0.5, the policy
-# loss, the executed action as an input), with checkpoint/validation intervals for GPU speed;
+# loss, the executed action as an input, lever H's intent head on the context from the first
+# step), with checkpoint/validation intervals for GPU speed;
 # --data, --steps, --out and --init are added by this script.
-TRAIN_ARGS = ("--preset s --val-batch 8 --action-dropout 0.5 --policy-loss 1.0 --prev-action "
+TRAIN_ARGS = ("--preset s --val-batch 8 --action-dropout 0.5 --policy-loss 1.0 --prev-action --action-aux 1.0 "
               "--val-every 500 --ckpt-every 500 --log-every 20")
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
