@@ -22,3 +22,4 @@ python -m dva.train --preset s --model both --data random=data/random --data goa
   --lr 3e-4 --warmup 50 --self-forcing-depth 1 --action-dropout 0.5 --threads 2 \
   --init runs/s29/ckpt --steps 300 --policy-loss 1 --prev-action --action-aux 1.0 --out runs/s30
 python -m dva.openloop --checkpoint runs/s30/ckpt --data data/expert_dev --out runs/ol_s30.json --threads 2 --quiet
+python -m dva.eval --policy dva --checkpoint runs/s30/ckpt --seeds dev --workers 2 --out runs/eval_dev_s30.json
