@@ -2,7 +2,7 @@
 expert's intent when trained for it at BC-like sample counts? Trunk-only steps (no decoder) with an
 MLP head context(t) -> a_t (positions 2..7 of 8-frame expert windows, +-4 px random shift), plus a
 term that keeps the context near the package's (so the decoder still reads it). Held-out error on
-data/expert_dev every 500 steps; weights to OUT.pt.
+data/expert_dev every 500 steps; weights to OUT.safetensors + OUT.json (dva.checkpoint).
 
     python dva/experiments/intent_trunk.py THREADS STEPS KEEP_W OUT   # as run: 2 1500 1.0 runs/intent_k1
 """
@@ -13,6 +13,7 @@ from dva.policy import load_planner, PACKAGED_CHECKPOINT
 from dva.data.store import load_dataset
 from dva.pusht.render import render_frames
 from dva.bc import random_shift
+from dva import checkpoint as ckpt  # safetensors + JSON, never pickle
 
 torch.manual_seed(0)
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
@@ -88,5 +89,6 @@ for step in range(1, steps + 1):
         print(f'step {step} act {l_act.item()*256:.1f}px keep {l_keep.item():.3f} {(time.time()-t0)/step:.2f}s/step', flush=True)
     if step % 500 == 0 or step == steps:
         e = evaluate(); log.append((step, e)); print('step', step, 'test px', round(e, 2), flush=True)
-        torch.save({'encoder': model.encoder.state_dict(), 'transformer': model.transformer.state_dict(),
-                    'head': head.state_dict(), 'log': log}, out + '.pt')
+        parts = {'encoder': model.encoder, 'transformer': model.transformer, 'head': head}
+        ckpt.save(out, {f'{p}.{k}': v for p, m in parts.items() for k, v in m.state_dict().items()},
+                  {'config': model.cfg.to_dict(), 'log': log})
