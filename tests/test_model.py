@@ -38,8 +38,11 @@ def model():
 def test_presets_and_m_param_budget():
     assert set(PRESETS) >= {"tiny", "s", "m"}
     cfg = PRESETS["m"]
-    total = param_count(DVA(cfg)) + param_count(IDM(cfg))
-    assert total < 30_000_000, f"preset m has {total} parameters including the IDM"
+    # what runs at inference: the action head (cfg.action_aux) is a training-only loss on the context
+    infer = dataclasses.replace(cfg, action_aux=0.0)
+    total = param_count(DVA(infer)) + param_count(IDM(cfg))
+    assert total < 30_000_000, f"preset m has {total} inference parameters including the IDM"
+    assert param_count(DVA(cfg)) - param_count(DVA(infer)) == param_count(DVA(cfg).action_head)
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("xl")
     with pytest.raises(ValueError, match="n_heads"):

@@ -4,12 +4,13 @@ MLP head context(t) -> a_t (positions 2..7 of 8-frame expert windows, +-4 px ran
 term that keeps the context near the package's (so the decoder still reads it). Held-out error on
 data/expert_dev every 500 steps; weights to OUT.safetensors + OUT.json (dva.checkpoint).
 
-    python dva/experiments/intent_trunk.py THREADS STEPS KEEP_W OUT   # as run: 2 1500 1.0 runs/intent_k1
+    python dva/experiments/intent_trunk.py THREADS STEPS KEEP_W OUT BASE
+    # as run: 2 1500 1.0 runs/intent_k1 runs/pkg_1204/dva_s (the package before lever H; lever_h.sh)
 """
 import sys, time, copy, json
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, '.')
-from dva.policy import load_planner, PACKAGED_CHECKPOINT
+from dva.policy import load_planner
 from dva.data.store import load_dataset
 from dva.pusht.render import render_frames
 from dva.bc import random_shift
@@ -20,7 +21,7 @@ torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
 keep_w = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
 out = sys.argv[4] if len(sys.argv) > 4 else 'runs/intent'
-planner, _ = load_planner(PACKAGED_CHECKPOINT, 'cpu')
+planner, _ = load_planner(sys.argv[5] if len(sys.argv) > 5 else 'runs/pkg_1204/dva_s', 'cpu')
 model = planner.model.train()
 W = model.cfg.window; N = model.cfg.tokens_per_frame; D = model.cfg.d_model
 old = copy.deepcopy(model).eval()

@@ -2,8 +2,11 @@
 # issue 21, lever H (docs/policy.md): package + intent-trained trunk -> full fine-tunes with the MLP action head kept
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
-python dva/experiments/intent_trunk.py 2 1500 1.0 runs/intent_k1      # step 1: the trunk alone (~45 min)
-python dva/experiments/intent_init.py runs/intent_k1 runs/intent_init/dva
+# the base: the package of 2026-12-04 (stage 11 + anchor; lever H's s30 replaced it on 2026-12-05)
+mkdir -p runs/pkg_1204
+for ext in safetensors json; do git show 29c8a96:dva/assets/dva_s.$ext > runs/pkg_1204/dva_s.$ext; done
+python dva/experiments/intent_trunk.py 2 1500 1.0 runs/intent_k1 runs/pkg_1204/dva_s  # step 1: the trunk alone (~45 min)
+python dva/experiments/intent_init.py runs/intent_k1 runs/intent_init/dva runs/pkg_1204/dva_s
 
 finetune() {  # INIT OUT: 300 steps of G's recipe with the head, then the open-loop metric
   python -m dva.train --preset s --model both --data random=data/random --data goal=data/goal --data expert=data/expert \

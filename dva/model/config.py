@@ -173,10 +173,13 @@ class DVAConfig:
 # deleted 2026-12-05, both in git and docs/history.md.
 RETIRED = {"backend": None, "ctx_noise": None, "warp_interp": "bilinear"}
 
-# The shipped model's heads and losses (dva/assets/dva_s.json; docs/model.md): a rigid warp of
-# three supervised bodies, anchored dreams, L1, self forcing over 3-frame rollouts, 1 sampler step.
+# The shipped model's heads and losses (dva/assets/dva_s.json; docs/model.md, docs/policy.md lever H):
+# a rigid warp of three supervised bodies, anchored dreams, L1, self forcing, 1 sampler step; for
+# behaviour: half the samples dream freely, a policy loss through the IDM, the executed action as
+# an input, and an MLP head that reads the next action off the context (training only).
 SHIPPED = dict(warp=True, warp_layers=3, body_masks=0.05, warp_anchor=True, warp_loss=0.5, flow_loss=0.1,
-               motion_weight=5.0, loss="l1", self_forcing=0.6, self_forcing_depth=3, sampler_steps=1)
+               motion_weight=5.0, loss="l1", self_forcing=0.6, self_forcing_depth=1, sampler_steps=1,
+               action_dropout=0.5, policy_loss=1.0, prev_action=True, action_aux=1.0)
 
 PRESETS: dict[str, DVAConfig] = {
     # seconds on CPU, no simulator losses (trains on any video): for tests
