@@ -4,6 +4,7 @@
     python bench/gpu_run.py --out $OUT                       # all stages (one H200 window)
     python bench/gpu_run.py --out $OUT --stage check,bench   # the CUDA tests of tests/, pytest bench/
     python bench/gpu_run.py --out $OUT --stage train --minutes 4.5 --init runs/gpu_prev/dva
+    python bench/gpu_run.py --out $OUT --stage train --minutes 4.5 --init dva/assets/dva_s  # continue the package
     python bench/gpu_run.py --out /tmp/dry --dry-run         # the same on a CPU, tiny, in a minute
 
 Every run first writes OUT/env.json (GPU, driver, torch, Triton, numpy, dvakern's backends) and
@@ -40,13 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dva.data.store import atomic_write_json  # noqa: E402
 
-# The shipped recipe (dva.train's defaults: preset s, the packaged architecture and losses) plus the
-# levers that won on the open-loop policy metric (docs/policy.md: action dropout 0.5, the policy
-# loss, the executed action as an input, lever H's intent head on the context from the first
-# step), with checkpoint/validation intervals for GPU speed;
-# --data, --steps, --out and --init are added by this script.
-TRAIN_ARGS = ("--preset s --val-batch 8 --action-dropout 0.5 --policy-loss 1.0 --prev-action --action-aux 1.0 "
-              "--val-every 500 --ckpt-every 500 --log-every 20")
+# The shipped recipe (dva.train's defaults: preset s is the package's architecture, losses and
+# behaviour levers: action dropout 0.5, the policy loss, the executed action as an input, lever H's
+# intent head on the context, here from the first step; docs/policy.md), with checkpoint/validation
+# intervals for GPU speed; --data, --steps, --out and --init are added by this script.
+TRAIN_ARGS = "--preset s --val-batch 8 --val-every 500 --ckpt-every 500 --log-every 20"
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
 DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/history.md's datasets)
@@ -59,6 +58,7 @@ MAX_FILE = 16 * 2**20  # the device tool returns files of at most 16 MiB
 
 # --dry-run: tiny shapes, a handful of episodes and steps, the same code path.
 DRY_TRAIN = ("--preset tiny --warp --warp-layers 3 --body-masks 0.05 --warp-anchor --warp-loss 0.5 --flow-loss 0.1 "
+             "--action-dropout 0.5 --policy-loss 1.0 --prev-action --action-aux 1.0 "  # s's heads and levers on tiny
              "--seq-len 5 --batch-size 2 --val-batch 2 --val-dream 2 --val-every 0 --ckpt-every 0 "
              "--val-fraction 0.5 --threads 1 --log-every 1")  # 0.5: 4 episodes per source hold train and val ones
 DRY = dict(data={"random": 4, "goal": 4, "expert": 4}, collect_steps=12, steps=2, eval_seeds="500000:500002",

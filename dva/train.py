@@ -243,6 +243,11 @@ def _train(cfg: TrainConfig) -> dict:
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        # A 1x1 conv's weight grad may come back with arbitrary strides on its size-1 dims (the same
+        # memory layout); DDP compares strides exactly and warns on every run. Give it plain ones.
+        for p in model.parameters():
+            if p.requires_grad and 1 in p.shape:
+                p.register_hook(lambda g: g.reshape(-1).view(g.shape))
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     loader = make_loader(cfg, "train", cfg.seq_len, cfg.batch_size, dev, cfg.seed + 1000 * rank, mcfg.img)
