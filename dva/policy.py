@@ -46,7 +46,7 @@ class PlannerConfig:
     def __post_init__(self):
         if self.sample_steps is not None and self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
-        if self.free_action not in ("none", "prev", "head"):
+        if self.free_action not in ("none", "prev"):
             raise ValueError(f"free_action must be 'none' or 'prev', got {self.free_action!r}")
 
 
@@ -109,9 +109,6 @@ class DVAPlanner:
                     cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
                 elif self.cfg.free_action == "prev" and j > 0:
                     cond = last_action
-                elif self.cfg.free_action == "head":
-                    from .model.frames import denorm_action
-                    cond = denorm_action(m.action_head(ctx.tokens.flatten(1)).float(), m.cfg.action_range)
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
