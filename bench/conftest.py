@@ -94,8 +94,9 @@ def one_cpu_thread(request):
 @pytest.fixture(autouse=True)
 def _telemetry(request):
     yield
-    bench = request.node.funcargs.get("benchmark")
-    if bench is not None:
+    # on an interrupt (Ctrl-C, a stage deadline) the item may hold no funcargs or a half-built fixture
+    bench = getattr(request.node, "funcargs", {}).get("benchmark")
+    if getattr(bench, "extra_info", None) is not None:
         bench.extra_info.update(telemetry())
 
 
