@@ -29,8 +29,8 @@ def main(argv=None):
         ol = json.loads(Path(a.ol.format(run.name)).read_text())
         dev_path = Path(a.dev.format(run.name))
         dev = json.loads(dev_path.read_text()) if dev_path.exists() else None
-        rows.append(dict(run=run.name, frames=frames, first_free_px=round(ol["first_free_px"], 2),
-                         median_px=round(ol["first_free_px_median"], 2), cos=round(ol["first_free_cos_mean"], 3),
+        rows.append(dict(run=run.name, frames=frames, first_free_px=round(ol["first_free_px"], 3),
+                         median_px=round(ol["first_free_px_median"], 3), cos=round(ol["first_free_cos_mean"], 3),
                          dev_score=None if dev is None else round(dev["score"], 3),
                          dev_success=None if dev is None else dev["success"]))
         prev = run
