@@ -19,16 +19,23 @@ def main(argv=None):
     p.add_argument("--dev", default="runs/eval_dev_{}.json", help="dev-seed eval JSON per run name (optional)")
     p.add_argument("--out", type=Path, default=None, help="write the rows and the fit here as JSON")
     a = p.parse_args(argv)
+
+    def read(path):
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"{path}: {e}")
+
     rows, frames, prev = [], 0, None
     for run in a.runs:
-        meta = json.loads((run / "ckpt.json").read_text())
+        meta = read(run / "ckpt.json")
         t = meta["train"]
         if prev is not None and Path(t["init"]).resolve().parent != prev.resolve():
             p.error(f"{run}: trained --init {t['init']}, not from {prev}/ckpt: not one chain")
         frames += meta["step"] * t["batch_size"] * (t["seq_len"] - 1)
-        ol = json.loads(Path(a.ol.format(run.name)).read_text())
+        ol = read(a.ol.format(run.name))
         dev_path = Path(a.dev.format(run.name))
-        dev = json.loads(dev_path.read_text()) if dev_path.exists() else None
+        dev = read(dev_path) if dev_path.exists() else None
         rows.append(dict(run=run.name, frames=frames, first_free_px=round(ol["first_free_px"], 3),
                          median_px=round(ol["first_free_px_median"], 3), cos=round(ol["first_free_cos_mean"], 3),
                          dev_score=None if dev is None else round(dev["score"], 3),

@@ -73,8 +73,7 @@ t0 = time.time()
 for step in range(1, steps + 1):
     lr_f = min(1, step / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
     for g, b in zip(opt.param_groups, base): g['lr'] = b * lr_f
-    idx = trS[torch.randint(len(trS), (B,), generator=gen)]
-    act = trA[torch.randint(len(trS), (1,), generator=gen)]  # placeholder (replaced below)
+    torch.randint(len(trS), (B + 1,), generator=gen)  # unused draws: keep the sample stream of the run as made
     sel = torch.randint(len(trS), (B,), generator=gen)
     idx, act = trS[sel], trA[sel]
     x = to_x(trF, idx)
