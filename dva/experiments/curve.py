@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from dva.data.store import atomic_write_json
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -56,7 +58,7 @@ def main(argv=None):
               f"{r['cos']:.2f} | {dev} |")
     print(f"fit: {fit['intercept']:.2f} {fit['px_per_decade']:+.2f} px per decade of frames")
     if a.out:
-        a.out.write_text(json.dumps(dict(rows=rows, fit=fit), indent=1) + "\n")
+        atomic_write_json(a.out, dict(rows=rows, fit=fit))
 
 
 if __name__ == "__main__":
