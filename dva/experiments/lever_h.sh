@@ -23,7 +23,8 @@ python -m dva.eval --policy dva --checkpoint runs/s29/ckpt --seeds dev --workers
 finetune runs/s29/ckpt s30          # H, 900 steps (open loop 20.0 px, dev 0.419)
 python -m dva.eval --policy dva --checkpoint runs/s30/ckpt --seeds dev --workers 2 --out runs/eval_dev_s30.json
 # continued on 2026-12-05 (runs/chain.sh of that session): 300-step segments, dev eval every other;
-# that session stopped it after s35 (dev 0.570, flat vs s34; s36 never ran); s34 is the package
+# that session stopped it after s35 (dev 0.570, flat vs s34); the next one started s36 and stopped it
+# after 40 steps for dagger_h.sh (DAgger from s35); s34 is the package
 prev=s30
 for i in 31 32 33 34 35 36; do
   finetune runs/$prev/ckpt s$i

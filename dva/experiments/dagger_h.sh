@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# issue 21, lever H + DAgger (docs/policy.md, 2026-12-05): the expert takes over from the states the
+# current DVA visits on training seeds (700000..), and the fine-tune mixes those recovery episodes
+# with the expert's. Needs lever_h.sh's runs/s34 (the package) and runs/s35, and data/recovery
+# (the 12-04 package's states, docs/policy.md lever C).
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+
+visit_and_recover() {  # CHECKPOINT SEEDS COLLECT_SEED NAME: its visited states -> data/recovery_NAME
+  python -m dva.eval --policy dva --checkpoint "$1" --seeds "$2" --workers 2 --quiet \
+    --states-out "runs/visited_$4.npz" --states-every 10 --out "runs/eval_train_$4.json"
+  n=$(python -c "import numpy as np; print(len(np.load('runs/visited_$4.npz')['states']))")
+  python -m dva.collect --policy expert --start-states "runs/visited_$4.npz" --episodes "$n" --seed "$3" \
+    --workers 2 --quiet --out "data/recovery_$4"
+}
+
+finetune() {  # INIT OUT MIX DATA...: 300 steps of lever H's recipe on MIX, then the dev seeds and the open loop
+  init=$1 out=$2 mix=$3; shift 3
+  python -m dva.train --preset s --model both --data random=data/random --data goal=data/goal --data expert=data/expert \
+    "$@" --mix "0:$mix" --seq-len 9 --batch-size 8 --val-every 100 --val-batch 8 --ckpt-every 25 --log-every 10 \
+    --lr 3e-4 --warmup 50 --self-forcing-depth 1 --action-dropout 0.5 --threads 2 \
+    --init "$init" --steps 300 --policy-loss 1 --prev-action --action-aux 1.0 --out "runs/$out"
+  python -m dva.eval --policy dva --checkpoint "runs/$out/ckpt" --seeds dev --workers 2 --quiet --out "runs/eval_dev_$out.json"
+  python -m dva.openloop --checkpoint "runs/$out/ckpt" --data data/expert_dev --out "runs/ol_$out.json" --threads 2 --quiet
+}
+
+# round 1: the package's (s34's) states, 1,427 recovery episodes; 300 steps from s35
+visit_and_recover runs/s34/ckpt 700000:700050 810000 s34
+finetune runs/s35/ckpt s36r expert=0.5,recovery=0.2,recovery_s34=0.3 \
+  --data recovery=data/recovery --data recovery_s34=data/recovery_s34
+# round 2: s36r's states on new training seeds; 300 steps from s36r
+visit_and_recover runs/s36r/ckpt 700050:700090 820000 s36r
+finetune runs/s36r/ckpt s37r expert=0.5,recovery=0.1,recovery_s34=0.2,recovery_s36r=0.2 \
+  --data recovery=data/recovery --data recovery_s34=data/recovery_s34 --data recovery_s36r=data/recovery_s36r
+# round 3: s37r's states on new training seeds; 300 steps from s37r
+visit_and_recover runs/s37r/ckpt 700090:700130 830000 s37r
+finetune runs/s37r/ckpt s38r expert=0.5,recovery=0.05,recovery_s34=0.15,recovery_s36r=0.15,recovery_s37r=0.15 \
+  --data recovery=data/recovery --data recovery_s34=data/recovery_s34 --data recovery_s36r=data/recovery_s36r \
+  --data recovery_s37r=data/recovery_s37r
