@@ -19,7 +19,7 @@ from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seed
 
 # Which CLI options become constructor kwargs for each policy (a policy not listed takes none),
 # and which policies never read pixels (their episodes run without rendering).
-POLICY_ARGS = {"dva": ["checkpoint", "device", "dream_weight"], "bc": ["checkpoint", "execute"]}
+POLICY_ARGS = {"dva": ["checkpoint", "device"], "bc": ["checkpoint", "execute"]}
 PRIVILEGED = {"random", "goal", "expert"}
 
 
@@ -40,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute", type=int, default=None,
                    help="--policy bc: actions of each predicted chunk executed before it looks again "
                         "(default: 1, chosen on the dev seeds)")
-    p.add_argument("--dream-weight", type=float, default=None,
-                   help="--policy dva: how far each free action follows the dream against the action "
-                        "stream's constant velocity, in [0, 1] (default: 1, the dream as is)")
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")

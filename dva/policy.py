@@ -42,18 +42,12 @@ class PlannerConfig:
     # model dream what the expert would do (it is trained with action dropout), 'prev' feeds the
     # previous planned action (actions change slowly at 10 Hz).
     free_action: str = "none"
-    # How far a free action follows the dream against the action stream's momentum: each free
-    # action is cv + dream_weight * (idm - cv), cv = 2 a_{j-1} - a_{j-2} (constant velocity of the
-    # two actions before it). 1.0: the IDM's reading of the dream as is.
-    dream_weight: float = 1.0
 
     def __post_init__(self):
         if self.sample_steps is not None and self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if self.free_action not in ("none", "prev"):
             raise ValueError(f"free_action must be 'none' or 'prev', got {self.free_action!r}")
-        if not 0.0 <= self.dream_weight <= 1.0:
-            raise ValueError(f"dream_weight must be in [0, 1], got {self.dream_weight}")
 
 
 class DVAPlanner:
@@ -109,7 +103,6 @@ class DVAPlanner:
         frames, actions = [], []
         last_action = None if executed is None else torch.as_tensor(
             np.asarray(executed, dtype=np.float32).reshape(1, 2), device=dev)
-        known = [] if last_action is None else [last_action]  # the actions before each step, in order
         try:
             for j in range(horizon):
                 if j < n:
@@ -126,13 +119,8 @@ class DVAPlanner:
                     a = cond
                 else:
                     a = self.idm(prev, cur, nxt).float().clamp(ACTION_LOW, ACTION_HIGH)  # (1, 2) pixels
-                    w = self.cfg.dream_weight
-                    if w < 1.0 and len(known) >= 2:
-                        cv = (2 * known[-1] - known[-2]).clamp(ACTION_LOW, ACTION_HIGH)
-                        a = cv + w * (a - cv)
                 frames.append(nxt)
                 actions.append(a)
-                known.append(a)
                 last_action = a
                 prev, cur = cur, nxt
         finally:
@@ -174,16 +162,14 @@ class DVAPolicy:
     """
 
     def __init__(self, planner: DVAPlanner | None = None, cfg: LockstepConfig | None = None, *,
-                 checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1,
-                 dream_weight: float | None = None):
+                 checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1):
         if planner is None:
             dev = resolve_device(device)
             if dev.type == "cpu" and threads:
                 torch.set_num_threads(threads)
-            pcfg = PlannerConfig() if dream_weight is None else PlannerConfig(dream_weight=dream_weight)
-            planner, _ = load_planner(PACKAGED_CHECKPOINT if checkpoint is None else checkpoint, dev, pcfg)
-        elif checkpoint is not None or dream_weight is not None:
-            raise ValueError("DVAPolicy: give a planner or a checkpoint (and dream_weight), not both")
+            planner, _ = load_planner(PACKAGED_CHECKPOINT if checkpoint is None else checkpoint, dev)
+        elif checkpoint is not None:
+            raise ValueError("DVAPolicy: give a planner or a checkpoint, not both")
         self.planner = planner
         self.cfg = cfg or LockstepConfig()
         self.leap = Leapfrog(LeapfrogConfig(h_init=self.cfg.horizon, h_min=1, h_max=max(self.cfg.horizon, 1)))
