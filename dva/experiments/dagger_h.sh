@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # issue 21, lever H + DAgger (docs/policy.md, 2026-12-05): the expert takes over from the states the
 # current DVA visits on training seeds (700000..), and the fine-tune mixes those recovery episodes
-# with the expert's. Needs lever_h.sh's runs/s34 (the package) and runs/s35, and data/recovery
-# (the 12-04 package's states, docs/policy.md lever C).
+# with the expert's. Needs lever_h.sh's runs/s34 (the package before s38r) and runs/s35, and
+# data/recovery (the 12-04 package's states, docs/history.md lever C).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 
@@ -14,12 +14,10 @@ visit_and_recover() {  # CHECKPOINT SEEDS COLLECT_SEED NAME: its visited states 
     --workers 2 --quiet --out "data/recovery_$4"
 }
 
+. dva/experiments/recipe_h.sh
 finetune() {  # INIT OUT MIX DATA...: 300 steps of lever H's recipe on MIX, then the dev seeds and the open loop
-  init=$1 out=$2 mix=$3; shift 3
-  python -m dva.train --preset s --model both --data random=data/random --data goal=data/goal --data expert=data/expert \
-    "$@" --mix "0:$mix" --seq-len 9 --batch-size 8 --val-every 100 --val-batch 8 --ckpt-every 25 --log-every 10 \
-    --lr 3e-4 --warmup 50 --self-forcing-depth 1 --action-dropout 0.5 --threads 2 \
-    --init "$init" --steps 300 --policy-loss 1 --prev-action --action-aux 1.0 --out "runs/$out"
+  local out=$2
+  train_h "$@"
   python -m dva.eval --policy dva --checkpoint "runs/$out/ckpt" --seeds dev --workers 2 --quiet --out "runs/eval_dev_$out.json"
   python -m dva.openloop --checkpoint "runs/$out/ckpt" --data data/expert_dev --out "runs/ol_$out.json" --threads 2 --quiet
 }

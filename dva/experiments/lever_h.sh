@@ -8,11 +8,9 @@ for ext in safetensors json; do git show 29c8a96:dva/assets/dva_s.$ext > runs/pk
 python dva/experiments/intent_trunk.py 2 1500 1.0 runs/intent_k1 runs/pkg_1204/dva_s  # step 1: the trunk alone (~45 min)
 python dva/experiments/intent_init.py runs/intent_k1 runs/intent_init/dva runs/pkg_1204/dva_s
 
-finetune() {  # INIT OUT: 300 steps of G's recipe with the head, then the open-loop metric
-  python -m dva.train --preset s --model both --data random=data/random --data goal=data/goal --data expert=data/expert \
-    --mix 0:expert=1 --seq-len 9 --batch-size 8 --val-every 100 --val-batch 8 --ckpt-every 25 --log-every 10 \
-    --lr 3e-4 --warmup 50 --self-forcing-depth 1 --action-dropout 0.5 --threads 2 \
-    --init "$1" --steps 300 --policy-loss 1 --prev-action --action-aux 1.0 --out "runs/$2"
+. dva/experiments/recipe_h.sh
+finetune() {  # INIT OUT: 300 steps of G's recipe with the head on expert data, then the open-loop metric
+  train_h "$1" "$2" expert=1
   python -m dva.openloop --checkpoint "runs/$2/ckpt" --data data/expert_dev --out "runs/ol_$2.json" --threads 2 --quiet
 }
 
@@ -24,7 +22,7 @@ finetune runs/s29/ckpt s30          # H, 900 steps (open loop 20.0 px, dev 0.419
 python -m dva.eval --policy dva --checkpoint runs/s30/ckpt --seeds dev --workers 2 --out runs/eval_dev_s30.json
 # continued on 2026-12-05 (runs/chain.sh of that session): 300-step segments, dev eval every other;
 # that session stopped it after s35 (dev 0.570, flat vs s34); the next one started s36 and stopped it
-# after 40 steps for dagger_h.sh (DAgger from s35); s34 is the package
+# after 40 steps for dagger_h.sh (DAgger from s35, whose s38r replaced s34 as the package)
 prev=s30
 for i in 31 32 33 34 35 36; do
   finetune runs/$prev/ckpt s$i
