@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dva.data.store import atomic_write_json  # noqa: E402
+from dva.model.config import SHIPPED  # noqa: E402
 
 # The shipped recipe (dva.train's defaults: preset s is the package's architecture, losses and
 # behaviour levers: action dropout 0.5, the policy loss, the executed action as an input, lever H's
@@ -57,8 +58,10 @@ TEST_TIMEOUT = 120  # pytest-timeout per test: one hung test fails, the rest sti
 MAX_FILE = 16 * 2**20  # the device tool returns files of at most 16 MiB
 
 # --dry-run: tiny shapes, a handful of episodes and steps, the same code path.
-DRY_TRAIN = ("--preset tiny --warp --warp-layers 3 --body-masks 0.05 --warp-anchor --warp-loss 0.5 --flow-loss 0.1 "
-             "--action-dropout 0.5 --policy-loss 1.0 --prev-action --action-aux 1.0 "  # s's heads and levers on tiny
+SHIPPED_FLAGS = " ".join(  # preset s's heads, losses and levers (dva.model.config.SHIPPED) as dva.train flags
+    (f"--{'' if v else 'no-'}{k.replace('_', '-')}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}")
+    for k, v in SHIPPED.items())
+DRY_TRAIN = ("--preset tiny " + SHIPPED_FLAGS + " "  # s's heads and levers on tiny's shapes
              "--seq-len 5 --batch-size 2 --val-batch 2 --val-dream 2 --val-every 0 --ckpt-every 0 "
              "--val-fraction 0.5 --threads 1 --log-every 1")  # 0.5: 4 episodes per source hold train and val ones
 DRY = dict(data={"random": 4, "goal": 4, "expert": 4}, collect_steps=12, steps=2, eval_seeds="500000:500002",
