@@ -35,3 +35,16 @@ visit_and_recover runs/s37r/ckpt 700090:700130 830000 s37r
 finetune runs/s37r/ckpt s38r expert=0.5,recovery=0.05,recovery_s34=0.15,recovery_s36r=0.15,recovery_s37r=0.15 \
   --data recovery=data/recovery --data recovery_s34=data/recovery_s34 --data recovery_s36r=data/recovery_s36r \
   --data recovery_s37r=data/recovery_s37r
+# round 4 (stop 29): s38r's states; 300 steps from s38r
+visit_and_recover runs/s38r/ckpt 700130:700170 840000 s38r
+R="--data recovery_s34=data/recovery_s34 --data recovery_s36r=data/recovery_s36r --data recovery_s37r=data/recovery_s37r --data recovery_s38r=data/recovery_s38r"
+finetune runs/s38r/ckpt s39r expert=0.5,recovery_s34=0.1,recovery_s36r=0.1,recovery_s37r=0.15,recovery_s38r=0.15 $R
+# round 5: s39r's states; 300 steps from s39r (rounds 4 and 5 left the dev score flat: docs/policy.md)
+visit_and_recover runs/s39r/ckpt 700170:700210 850000 s39r
+finetune runs/s39r/ckpt s40r expert=0.5,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
+  $R --data recovery_s39r=data/recovery_s39r
+# the approach from rest (stop 29; shipped as the package): s40r's start and recovery data, with 0.15 of
+# the mix moved from expert to expert episodes cut to their first 20 steps (docs/policy.md, "far starts")
+python -m dva.collect --policy expert --episodes 3000 --seed 300000 --max-steps 20 --workers 2 --quiet --out data/approach
+finetune runs/s39r/ckpt s40a expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
+  --data approach=data/approach $R --data recovery_s39r=data/recovery_s39r
