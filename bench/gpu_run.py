@@ -46,10 +46,13 @@ from dva.model.config import SHIPPED  # noqa: E402
 # behaviour levers: action dropout 0.5, the policy loss, the executed action as an input, lever H's
 # intent head on the context, here from the first step; docs/policy.md), with checkpoint/validation
 # intervals for GPU speed; --data, --steps, --out and --init are added by this script.
-TRAIN_ARGS = "--preset s --val-batch 8 --val-every 500 --ckpt-every 500 --log-every 20"
+TRAIN_ARGS = ("--preset s --val-batch 8 --val-every 500 --ckpt-every 500 --log-every 20 "
+              "--mix 0:random=0.05,goal=0.05,approach=0.15,expert=0.75")  # approach: as the package's last fine-tune
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
-DATA = {"random": 200, "goal": 100, "expert": 1500}  # episodes per source (docs/history.md's datasets)
+DATA = {"random": 200, "goal": 100, "approach": 3000, "expert": 1500}  # episodes per source (docs/data.md's datasets)
+# a source that is not the policy of its name: approach = the expert's first 20 steps from rest (docs/policy.md)
+SOURCE_ARGS = {"approach": ["--policy", "expert", "--seed", 300000, "--max-steps", 20]}
 EVAL_SEEDS = "dev"  # dva.eval's development seeds (500000..500049): never the protocol's
 CHECK_SELECT = ["-k", "cuda", "--ignore=tests/test_gpu_run.py"]  # gpu-marked tests are named *cuda*; CUDA cases [...-cuda]
 LIMITS = {"check": 150, "bench": 240, "collect": 120, "export": 45, "eval": 150}  # seconds, each stage's own
@@ -64,7 +67,7 @@ SHIPPED_FLAGS = " ".join(  # preset s's heads, losses and levers (dva.model.conf
 DRY_TRAIN = ("--preset tiny " + SHIPPED_FLAGS + " "  # s's heads and levers on tiny's shapes
              "--seq-len 5 --batch-size 2 --val-batch 2 --val-dream 2 --val-every 0 --ckpt-every 0 "
              "--val-fraction 0.5 --threads 1 --log-every 1")  # 0.5: 4 episodes per source hold train and val ones
-DRY = dict(data={"random": 4, "goal": 4, "expert": 4}, collect_steps=12, steps=2, eval_seeds="500000:500002",
+DRY = dict(data={"random": 4, "goal": 4, "approach": 4, "expert": 4}, collect_steps=12, steps=2, eval_seeds="500000:500002",
            eval_steps=5, bench_select=["-k", "test_flow_step and ref"], limit=60, budget=170)
 STAGES = ("check", "bench", "train")
 T0 = time.monotonic()
@@ -267,7 +270,8 @@ def stage_train(r: Runner) -> dict:
     workers = os.cpu_count()
     collect_end = time.monotonic() + r.limit("collect")  # one deadline for all sources; the slow expert last
     for name, n in (DRY["data"] if r.dry else DATA).items():
-        res[f"collect_{name}"] = r.run([r.py, "-m", "dva.collect", "--policy", name, "--episodes", n, "--workers",
+        res[f"collect_{name}"] = r.run([r.py, "-m", "dva.collect", *SOURCE_ARGS.get(name, ["--policy", name]),
+                                        "--episodes", n, "--workers",
                                         workers, "--out", data / name, "--quiet",
                                         *(["--max-steps", DRY["collect_steps"]] if r.dry else [])],
                                        "train.log", collect_end - time.monotonic(), grace=15)
