@@ -33,7 +33,9 @@ def openloop_table(files, data, every=5, horizon=4):
     d = np.array(d)
     for f in files:
         err = np.array(json.load(open(f))["first_free_px_per_plan"])
-        assert len(err) == len(d), f"{f}: {len(err)} plans, {data} gives {len(d)} (not --every {every} --horizon {horizon}?)"
+        if len(err) != len(d):
+            raise SystemExit(f"{f}: {len(err)} plans, but {data} gives {len(d)} at --every {every} --horizon {horizon}: "
+                             "an open-loop run of other data or settings")
         cells = [f"{lo}-{hi} px: {err[(d >= lo) & (d < hi)].mean():5.1f} (n {((d >= lo) & (d < hi)).sum()})" for lo, hi in BINS]
         print(f"open loop {f}: first free action px by disc-T distance: " + " | ".join(cells))
 
