@@ -48,3 +48,6 @@ finetune runs/s39r/ckpt s40r expert=0.5,recovery_s34=0.05,recovery_s36r=0.1,reco
 python -m dva.collect --policy expert --episodes 3000 --seed 300000 --max-steps 20 --workers 2 --quiet --out data/approach
 finetune runs/s39r/ckpt s40a expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
   --data approach=data/approach $R --data recovery_s39r=data/recovery_s39r
+# 300 more steps from s40a on the same mix (s41a; not shipped: dev score flat, success 24% -> 44%)
+finetune runs/s40a/ckpt s41a expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
+  --data approach=data/approach $R --data recovery_s39r=data/recovery_s39r
