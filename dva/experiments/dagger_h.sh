@@ -46,8 +46,8 @@ finetune runs/s39r/ckpt s40r expert=0.5,recovery_s34=0.05,recovery_s36r=0.1,reco
 # the approach from rest (stop 29; shipped as the package): s40r's start and recovery data, with 0.15 of
 # the mix moved from expert to expert episodes cut to their first 20 steps (docs/policy.md, "far starts")
 python -m dva.collect --policy expert --episodes 3000 --seed 300000 --max-steps 20 --workers 2 --quiet --out data/approach
-finetune runs/s39r/ckpt s40a expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
-  --data approach=data/approach $R --data recovery_s39r=data/recovery_s39r
+A=expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125
+RA="--data approach=data/approach $R --data recovery_s39r=data/recovery_s39r"
+finetune runs/s39r/ckpt s40a $A $RA
 # 300 more steps from s40a on the same mix (s41a; not shipped: dev score flat, success 24% -> 44%)
-finetune runs/s40a/ckpt s41a expert=0.35,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 \
-  --data approach=data/approach $R --data recovery_s39r=data/recovery_s39r
+finetune runs/s40a/ckpt s41a $A $RA
