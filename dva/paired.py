@@ -3,10 +3,15 @@
     python -m dva.paired runs/eval_dev_old.json runs/eval_dev_new.json     # dva.eval JSONs: per-seed score
     python -m dva.paired runs/ol_old.json runs/ol_new.json                 # dva.openloop JSONs: per-plan px
 
-The difference NEW - BASE is taken per seed (closed loop: episode score) or per plan (open loop:
-the first free action's error in px), so the shared difficulty of a seed cancels; the standard
-error is std(differences) / sqrt(n). A model replaces the shipped one only when it wins on the
-development seeds by this measure (docs/policy.md).
+The difference NEW - BASE is taken per seed (closed loop: episode score and success) or per plan
+(open loop: the first free action's error in px), so the shared difficulty of a seed cancels; the
+standard error is std(differences) / sqrt(n).
+
+The ship rule (docs/policy.md), printed as the last line for two dva.eval runs on the development
+seeds: NEW replaces BASE when its score is higher by at least 2 standard errors, or when its success
+is higher by at least 2 standard errors and its score is not lower by more than 1. (The score,
+mean max coverage / 0.95 clipped at 1, barely moves when an episode at 0.93 coverage is finished,
+so success is read as well.)
 """
 from __future__ import annotations
 
@@ -18,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 
-def per_item(d: dict, path: Path) -> tuple[str, dict]:
-    """-> (what is compared, {key: value}) from a dva.eval or dva.openloop JSON."""
+def per_item(d: dict, path: Path) -> dict[str, dict]:
+    """-> {what is compared: {key: value}} from a dva.eval or dva.openloop JSON."""
     if "episodes" in d and isinstance(d["episodes"], list):
-        return "score per seed", {e["seed"]: e["score"] for e in d["episodes"]}
+        return {"score per seed": {e["seed"]: e["score"] for e in d["episodes"]},
+                "success per seed": {e["seed"]: float(e["success"]) for e in d["episodes"]}}
     if "first_free_px_per_plan" in d:
-        return "first free action px per plan", dict(enumerate(d["first_free_px_per_plan"]))
+        return {"first free action px per plan": dict(enumerate(d["first_free_px_per_plan"]))}
     raise ValueError(f"{path}: neither a dva.eval JSON (episodes) nor a dva.openloop one (first_free_px_per_plan)")
 
 
@@ -36,6 +42,12 @@ def paired(base: dict, new: dict) -> dict:
     return {"n": len(keys), "base_mean": float(np.mean([base[k] for k in keys])),
             "new_mean": float(np.mean([new[k] for k in keys])), "diff_mean": float(diff.mean()),
             "diff_se": float(diff.std(ddof=1) / np.sqrt(len(keys)))}
+
+
+def ships(score: dict, success: dict) -> bool:
+    """The ship rule on paired() results for score and success (module docstring)."""
+    return (score["diff_mean"] >= 2 * score["diff_se"] or
+            (success["diff_mean"] >= 2 * success["diff_se"] and score["diff_mean"] >= -score["diff_se"]))
 
 
 def main(argv=None) -> int:
@@ -51,14 +63,18 @@ def main(argv=None) -> int:
                 kinds.append(per_item(json.loads(f.read_text()), f))
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"{f}: cannot read a JSON ({e})") from None
-        if kinds[0][0] != kinds[1][0]:
-            raise ValueError(f"{a.base} holds {kinds[0][0]}, {a.new} holds {kinds[1][0]}")
-        r = paired(kinds[0][1], kinds[1][1])
+        if kinds[0].keys() != kinds[1].keys():
+            raise ValueError(f"{a.base} holds {', '.join(kinds[0])}; {a.new} holds {', '.join(kinds[1])}")
+        res = {what: paired(kinds[0][what], kinds[1][what]) for what in kinds[0]}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{kinds[0][0]}: base {r['base_mean']:.3f}, new {r['new_mean']:.3f}, new - base "
-          f"{r['diff_mean']:+.3f} +- {r['diff_se']:.3f} (standard error, n = {r['n']})")
+    for what, r in res.items():
+        print(f"{what}: base {r['base_mean']:.3f}, new {r['new_mean']:.3f}, new - base "
+              f"{r['diff_mean']:+.3f} +- {r['diff_se']:.3f} (standard error, n = {r['n']})")
+    if "score per seed" in res:
+        ok = ships(res["score per seed"], res["success per seed"])
+        print(f"ship rule: {'NEW beats BASE' if ok else 'NEW does not beat BASE'}")
     return 0
 
 

@@ -132,15 +132,24 @@ def test_eval_json_has_the_failure_breakdown_and_dev_seeds(tmp_path, capsys):
 def test_paired_difference_and_its_standard_error(tmp_path, capsys):
     from dva.paired import main
 
-    def ev(scores):
-        return {"episodes": [{"seed": 500000 + i, "score": s} for i, s in enumerate(scores)]}
+    def ev(scores, success=None):
+        success = success or [False] * len(scores)
+        return {"episodes": [{"seed": 500000 + i, "score": s, "success": w}
+                             for i, (s, w) in enumerate(zip(scores, success))]}
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(ev([0.2, 0.4, 0.6, 0.1])))
     b.write_text(json.dumps(ev([0.3, 0.6, 0.6, 0.3])))
     assert main([str(a), str(b)]) == 0
     d = np.array([0.1, 0.2, 0.0, 0.2])
-    assert f"{d.mean():+.3f} +- {d.std(ddof=1) / 2:.3f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{d.mean():+.3f} +- {d.std(ddof=1) / 2:.3f}" in out and "NEW beats BASE" in out  # 0.125 >= 2 * 0.048
+    # the score flat, success up 4 of 8 seeds (0.5 +- 0.19): ships; the same with the score down 4.0 SE: not
+    a.write_text(json.dumps(ev([0.9] * 8, [False] * 8)))
+    b.write_text(json.dumps(ev([0.9, 1.0, 0.9, 0.8] * 2, [True, True, False, False] * 2)))
+    assert main([str(a), str(b)]) == 0 and "NEW beats BASE" in capsys.readouterr().out
+    b.write_text(json.dumps(ev([0.85, 0.9, 0.8, 0.8] * 2, [True, True, False, False] * 2)))
+    assert main([str(a), str(b)]) == 0 and "does not beat" in capsys.readouterr().out
     b.write_text(json.dumps({"first_free_px_per_plan": [1.0, 2.0]}))
     assert main([str(a), str(b)]) == 2 and "holds" in capsys.readouterr().err
     b.write_text(json.dumps(ev([0.3, 0.6, 0.6])))
