@@ -2,6 +2,7 @@
 
     python -m dva.paired runs/eval_dev_old.json runs/eval_dev_new.json     # dva.eval JSONs: per-seed score
     python -m dva.paired runs/ol_old.json runs/ol_new.json                 # dva.openloop JSONs: per-plan px
+    python -m dva.paired dev_old.json dev_new.json fresh_old.json fresh_new.json   # pairs pooled over their seeds
 
 The difference NEW - BASE is taken per seed (closed loop: episode score and success) or per plan
 (open loop: the first free action's error in px), so the shared difficulty of a seed cancels; the
@@ -50,22 +51,43 @@ def ships(score: dict, success: dict) -> bool:
             (success["diff_mean"] >= 2 * success["diff_se"] and score["diff_mean"] >= -score["diff_se"]))
 
 
+def load(path: Path) -> dict[str, dict]:
+    try:
+        return per_item(json.loads(path.read_text()), path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read a JSON ({e})") from None
+
+
+def pooled(paths: list[Path]) -> dict[str, dict]:
+    """per_item of several runs on disjoint seeds, merged (e.g. the dev seeds and a fresh set)."""
+    out: dict[str, dict] = {}
+    for f in paths:
+        d = load(f)
+        if out and d.keys() != out.keys():
+            raise ValueError(f"{f} holds {', '.join(d)}; {paths[0]} holds {', '.join(out)}")
+        for what, items in d.items():
+            both = set(items) & set(out.setdefault(what, {}))
+            if both:
+                raise ValueError(f"{f}: seed or plan {min(both)} is also in an earlier run; pooled runs "
+                                 f"must cover disjoint seeds")
+            out[what].update(items)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dva.paired", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base", type=Path, help="the reference run's JSON")
-    p.add_argument("new", type=Path, help="the candidate's JSON (same kind, same seeds or plans)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="BASE NEW",
+                   help="the reference run's JSON, then the candidate's (same kind, same seeds or plans); "
+                        "more pairs (BASE2 NEW2 ...) on other seeds are pooled with the first")
     a = p.parse_args(argv)
+    if len(a.runs) % 2:
+        p.error(f"give JSONs in pairs, BASE NEW [BASE2 NEW2 ...]; got {len(a.runs)}")
     try:
-        kinds = []
-        for f in (a.base, a.new):
-            try:
-                kinds.append(per_item(json.loads(f.read_text()), f))
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{f}: cannot read a JSON ({e})") from None
-        if kinds[0].keys() != kinds[1].keys():
-            raise ValueError(f"{a.base} holds {', '.join(kinds[0])}; {a.new} holds {', '.join(kinds[1])}")
-        res = {what: paired(kinds[0][what], kinds[1][what]) for what in kinds[0]}
+        base, new = pooled(a.runs[0::2]), pooled(a.runs[1::2])
+        if base.keys() != new.keys():
+            raise ValueError(f"{a.runs[0]} holds {', '.join(base)}; {a.runs[1]} holds {', '.join(new)}")
+        res = {what: paired(base[what], new[what]) for what in base}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

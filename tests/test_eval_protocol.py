@@ -132,9 +132,9 @@ def test_eval_json_has_the_failure_breakdown_and_dev_seeds(tmp_path, capsys):
 def test_paired_difference_and_its_standard_error(tmp_path, capsys):
     from dva.paired import main
 
-    def ev(scores, success=None):
+    def ev(scores, success=None, first_seed=500000):
         success = success or [False] * len(scores)
-        return {"episodes": [{"seed": 500000 + i, "score": s, "success": w}
+        return {"episodes": [{"seed": first_seed + i, "score": s, "success": w}
                              for i, (s, w) in enumerate(zip(scores, success))]}
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
@@ -154,3 +154,14 @@ def test_paired_difference_and_its_standard_error(tmp_path, capsys):
     assert main([str(a), str(b)]) == 2 and "holds" in capsys.readouterr().err
     b.write_text(json.dumps(ev([0.3, 0.6, 0.6])))
     assert main([str(a), str(b)]) == 2 and "same seeds" in capsys.readouterr().err
+    # two pairs on disjoint seeds pool into one difference; overlapping seeds are refused by name
+    c, d2 = tmp_path / "c.json", tmp_path / "d.json"
+    a.write_text(json.dumps(ev([0.2, 0.4])))
+    b.write_text(json.dumps(ev([0.3, 0.6])))
+    c.write_text(json.dumps(ev([0.6, 0.1], first_seed=600000)))
+    d2.write_text(json.dumps(ev([0.6, 0.3], first_seed=600000)))
+    assert main([str(a), str(b), str(c), str(d2)]) == 0
+    assert f"{d.mean():+.3f} +- {d.std(ddof=1) / 2:.3f} (standard error, n = 4)" in capsys.readouterr().out
+    assert main([str(a), str(b), str(a), str(b)]) == 2 and "disjoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(a), str(b), str(c)])

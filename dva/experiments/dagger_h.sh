@@ -51,3 +51,10 @@ RA="--data approach=data/approach $R --data recovery_s39r=data/recovery_s39r"
 finetune runs/s39r/ckpt s40a $A $RA
 # 300 more steps from s40a on the same mix (s41a; not shipped: dev score flat, success 24% -> 44%)
 finetune runs/s40a/ckpt s41a $A $RA
+# round 6 on the approach mix (stop 30): s41a's states -> recovery_s41a (988 episodes), 300 steps from s41a
+# (s42r: dev score flat, success and parking worse than s41a; not shipped)
+visit_and_recover runs/s41a/ckpt 700210:700250 860000 s41a
+finetune runs/s41a/ckpt s42r expert=0.3,approach=0.15,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.1,recovery_s39r=0.1,recovery_s41a=0.1 \
+  $RA --data recovery_s41a=data/recovery_s41a
+# 300 steps from s41a with the approach source at 0.25 (from expert's share)
+finetune runs/s41a/ckpt s42a expert=0.25,approach=0.25,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 $RA
