@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None,
                    help="train stage: start from this checkpoint (e.g. a previous window's OUT/dva carried back "
                         "in), so windows add up; default: from scratch")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="train stage: a dataset carried from the dev machine (the device tool's carry), added to "
+                        "the ones collected here; for sources that cannot be collected there, e.g. recovery data "
+                        "(it starts from a model's visited states). Name it in --mix. Repeatable")
+    p.add_argument("--mix", default=None,
+                   help="train stage: dva.train --mix (default: the one in TRAIN_ARGS, collected sources only)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole run: every stage's limit is cut to what is left, so the script "
                         "ends on its own inside the tool's 600-s command limit (default 570; dry run 170)")
@@ -282,9 +288,11 @@ def stage_train(r: Runner) -> dict:
         res["train"] = {"skipped": f"only {r.left():.0f} s of --budget left"}
         return {**res, "ok": False}
     steps = DRY["steps"] if r.dry else (a.steps or max(1, round(a.minutes * STEPS_PER_MINUTE)))
+    sources = {**{name: data / name for name in DATA}, **a.data}  # collected here, then carried in
     cmd = [r.py, "-m", "dva.train", *shlex.split(TRAIN_ARGS), *(shlex.split(DRY_TRAIN) if r.dry else []),
-           *[x for name in DATA for x in ("--data", f"{name}={data / name}")], "--steps", steps, "--out", run_dir,
-           *(["--init", a.init] if a.init else [])]
+           *(["--mix", a.mix] if a.mix else []),  # the last --mix wins (argparse)
+           *[x for name, path in sources.items() for x in ("--data", f"{name}={path}")], "--steps", steps,
+           "--out", run_dir, *(["--init", a.init] if a.init else [])]
     res["train"] = r.run(cmd, "train.log", seconds, grace=90)
     with open(r.out / "train.log", "a") as f:  # the curves travel inside train.log (8 files at most)
         for name in ("log.jsonl", "val.jsonl"):
@@ -350,6 +358,19 @@ def main(argv=None) -> int:
         if not paths(a.init)[0].is_file():
             p.error(f"--init {a.init}: no such checkpoint ({paths(a.init)[0]})")
         a.init = a.init.resolve()
+    carried = {}
+    for spec in a.data:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            p.error(f"--data {spec!r}: give NAME=PATH")
+        if name in DATA or name in carried:
+            p.error(f"--data {name}: the name is taken (collected here: {', '.join(DATA)}; or given twice)")
+        if not (Path(path) / "manifest.json").is_file():
+            p.error(f"--data {name}={path}: not a dva.collect dataset (no manifest.json)")
+        carried[name] = Path(path).resolve()
+    if carried and not a.mix:
+        p.error(f"--data {', '.join(carried)}: give a --mix that names it (TRAIN_ARGS's mix does not)")
+    a.data = carried
     a.out = a.out.resolve()
     try:
         a.out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,11 @@ def run(*args, env=None, timeout=300):
 def dry(tmp_path_factory):
     tracked = {p: p.read_bytes() for p in (ROOT / "bench" / "results").glob("*.json")}
     out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
-    p = run("--out", out, "--work", work, "--dry-run")
+    carried = tmp_path_factory.mktemp("carried") / "recovery"  # as a recovery source carried in from here
+    subprocess.run([sys.executable, "-m", "dva.collect", "--policy", "expert", "--episodes", "4", "--max-steps", "12",
+                    "--seed", "860000", "--quiet", "--out", str(carried)], cwd=ROOT, check=True, timeout=120)
+    p = run("--out", out, "--work", work, "--dry-run", "--data", f"recovery={carried}",
+            "--mix", "0:random=0.05,goal=0.05,approach=0.15,expert=0.5,recovery=0.25")
     assert p.returncode == 0, f"dry run failed (rc {p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     # the bench stage ran on a copy: the repo's results files are untouched
     assert {p: p.read_bytes() for p in (ROOT / "bench" / "results").glob("*.json")} == tracked
@@ -78,8 +82,9 @@ def test_dry_run_trains_exports_and_evaluates(dry):
     assert ev["policy"] == "dva" and ev["n_episodes"] == 2
     assert all(e["seed"] >= 500000 for e in ev["episodes"])  # development seeds, never the protocol's
     log = (out / "train.log").read_text()
-    for what in ("dva.collect --policy expert", "dva.train", "==== log.jsonl ====", "dva.checkpoint export"):
-        assert what in log
+    for what in ("dva.collect --policy expert", "dva.train", "==== log.jsonl ====", "dva.checkpoint export",
+                 "expert=0.5,recovery=0.25", "--data recovery="):  # the carried source reaches dva.train,
+        assert what in log  # which refuses a --mix naming a source it was not given
 
 
 def test_refuses_the_triton_interpreter(tmp_path):
@@ -95,6 +100,9 @@ def test_refuses_the_triton_interpreter(tmp_path):
     (["--stage", "chek"], "unknown stage(s) ['chek']"),
     (["--minutes", "0"], "must be positive"),
     (["--init", "/nonexistent/ckpt"], "no such checkpoint"),
+    (["--data", "recovery"], "give NAME=PATH"),
+    (["--data", "expert=data/expert"], "the name is taken"),
+    (["--data", "recovery=/nonexistent", "--mix", "0:recovery=1"], "not a dva.collect dataset"),
 ])
 def test_bad_input_is_named(tmp_path, args, msg):
     p = run("--out", tmp_path / "out", *args, timeout=60)
