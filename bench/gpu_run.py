@@ -46,8 +46,8 @@ from dva.model.config import SHIPPED  # noqa: E402
 # behaviour levers: action dropout 0.5, the policy loss, the executed action as an input, lever H's
 # intent head on the context, here from the first step; docs/policy.md), with checkpoint/validation
 # intervals for GPU speed; --data, --steps, --out and --init are added by this script.
-TRAIN_ARGS = ("--preset s --val-batch 8 --val-every 500 --ckpt-every 500 --log-every 20 "
-              "--mix 0:random=0.05,goal=0.05,approach=0.15,expert=0.75")  # approach: as the package's last fine-tune
+TRAIN_ARGS = "--preset s --val-batch 8 --val-every 500 --ckpt-every 500 --log-every 20"
+MIX = "0:random=0.05,goal=0.05,approach=0.15,expert=0.75"  # dva.train --mix unless --mix; approach: as the package's last fine-tune
 EXPORT_ARGS = "--sampler-steps 1 --warp-anchor on"
 STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a GPU); the deadline stops it
 DATA = {"random": 200, "goal": 100, "approach": 3000, "expert": 1500}  # episodes per source (docs/data.md's datasets)
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the ones collected here; for sources that cannot be collected there, e.g. recovery data "
                         "(it starts from a model's visited states). Name it in --mix. Repeatable")
     p.add_argument("--mix", default=None,
-                   help="train stage: dva.train --mix (default: the one in TRAIN_ARGS, collected sources only)")
+                   help=f"train stage: dva.train --mix (default: {MIX}, the sources collected here)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole run: every stage's limit is cut to what is left, so the script "
                         "ends on its own inside the tool's 600-s command limit (default 570; dry run 170)")
@@ -290,7 +290,7 @@ def stage_train(r: Runner) -> dict:
     steps = DRY["steps"] if r.dry else (a.steps or max(1, round(a.minutes * STEPS_PER_MINUTE)))
     sources = {**{name: data / name for name in DATA}, **a.data}  # collected here, then carried in
     cmd = [r.py, "-m", "dva.train", *shlex.split(TRAIN_ARGS), *(shlex.split(DRY_TRAIN) if r.dry else []),
-           *(["--mix", a.mix] if a.mix else []),  # the last --mix wins (argparse)
+           "--mix", a.mix or MIX,
            *[x for name, path in sources.items() for x in ("--data", f"{name}={path}")], "--steps", steps,
            "--out", run_dir, *(["--init", a.init] if a.init else [])]
     res["train"] = r.run(cmd, "train.log", seconds, grace=90)
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
             p.error(f"--data {name}={path}: not a dva.collect dataset (no manifest.json)")
         carried[name] = Path(path).resolve()
     if carried and not a.mix:
-        p.error(f"--data {', '.join(carried)}: give a --mix that names it (TRAIN_ARGS's mix does not)")
+        p.error(f"--data {', '.join(carried)}: give a --mix that names it (the default mix does not)")
     a.data = carried
     a.out = a.out.resolve()
     try:
