@@ -189,11 +189,18 @@ def train(args) -> int:
 
 
 class BCPolicy:
-    """The protocol interface (`reset(seed)`, `act(obs)`) around a trained BCNet."""
+    """The protocol interface (`reset(seed)`, `act(obs)`) around a trained BCNet.
 
-    def __init__(self, checkpoint, execute: int | None = None):
+    Uses `threads` torch threads (1, as DVAPolicy: eval runs one process per worker, and two
+    workers with two threads each on the 2-core CPU ran 50 dev seeds for over 10 minutes unfinished;
+    with one thread each, 27 s).
+    """
+
+    def __init__(self, checkpoint, execute: int | None = None, threads: int | None = 1):
         from dva.checkpoint import load_into, section
 
+        if threads:
+            torch.set_num_threads(threads)
         tensors, _, cfg = load_checkpoint(checkpoint)
         self.net = BCNet(cfg)
         load_into(self.net, section(tensors, "model"), str(checkpoint))

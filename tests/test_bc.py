@@ -70,7 +70,12 @@ def test_ctrl_c_saves_and_the_same_command_continues_exactly(data, tmp_path, mon
 
 def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
     assert main(["--data", str(data), "--out", str(tmp_path), "--steps", "2", *SMALL]) == 0
-    pol = BCPolicy(tmp_path / "bc", execute=2)
+    threads = torch.get_num_threads()
+    try:  # one torch thread per eval worker (2 workers x 2 threads on 2 cores: 50 seeds took >20x longer)
+        pol = BCPolicy(tmp_path / "bc", execute=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     calls = []
     pol.net.register_forward_hook(lambda *a: calls.append(1))
     from dva.pusht.protocol import run_episode
