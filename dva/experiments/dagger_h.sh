@@ -58,3 +58,7 @@ finetune runs/s41a/ckpt s42r expert=0.3,approach=0.15,recovery_s34=0.05,recovery
   $RA --data recovery_s41a=data/recovery_s41a
 # 300 steps from s41a with the approach source at 0.25 (from expert's share)
 finetune runs/s41a/ckpt s42a expert=0.25,approach=0.25,recovery_s34=0.05,recovery_s36r=0.1,recovery_s37r=0.1,recovery_s38r=0.125,recovery_s39r=0.125 $RA
+# stop 31: the five recovery datasets above were lost with their machine, and re-making them needs the
+# intermediate checkpoints; a DAgger round on the package itself is what any machine can make from the
+# repo (1,100 episodes, 3.6 MiB; docs/gpu.md carries it to a GPU window)
+visit_and_recover dva/assets/dva_s 700250:700290 870000 pkg
