@@ -6,6 +6,7 @@ data/expert_dev every 500 steps; weights to OUT.safetensors + OUT.json (dva.chec
 
     python dva/experiments/intent_trunk.py THREADS STEPS KEEP_W OUT BASE
     # as run: 2 1500 1.0 runs/intent_k1 runs/pkg_1204/dva_s (the package before lever H; lever_h.sh)
+    # stop 32: 2 1500 1.0 runs/intent_pkg dva/assets/dva_s (the package s40a, continuing its head)
 """
 import sys, time, copy, json
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -43,7 +44,9 @@ teF, teS, teA = windows('data/expert_dev')
 teS, teA = teS[::W], teA[::W]  # non-overlapping held-out windows
 print(f'data {len(trS)} train windows, {len(teS)} test windows, {time.time()-t0:.0f}s', flush=True)
 
-head = nn.Sequential(nn.Linear(N * D, 512), nn.SiLU(), nn.Linear(512, 2))
+# a base that already has lever H's head (DVAConfig.action_aux) continues with it; otherwise a new one
+head = copy.deepcopy(model.action_head) if model.action_head is not None else \
+    nn.Sequential(nn.Linear(N * D, 512), nn.SiLU(), nn.Linear(512, 2))
 trunk = list(model.encoder.parameters()) + list(model.transformer.parameters())
 opt = torch.optim.AdamW([{'params': trunk, 'lr': 3e-4}, {'params': head.parameters(), 'lr': 1e-3}], weight_decay=0.01)
 base = [g['lr'] for g in opt.param_groups]
