@@ -83,7 +83,8 @@ def _fa_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
                     other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=nm[:, None] & dm[None, :],
                     other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        # .to(fp32): torch.compile passes float scalars as fp64 (the first H200 run, 2026-12-05)
+        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale).to(tl.float32)  # (BLOCK_M, BLOCK_N), log2 units
         kf = offs_n[None, :] // NTOK
         ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :]
         s = tl.where(ok, s, float("-inf"))
@@ -135,7 +136,7 @@ def _fa_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqs, skb, skh
         do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sds + offs_d[None, :], mask=qmask, other=0.0)
         lse = tl.load(LSE + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * S + offs_m, mask=mm, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale  # (BLOCK_M, BLOCK_N)
+        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale).to(tl.float32)  # (BLOCK_M, BLOCK_N)
         qf = (offs_m // NTOK)[:, None]
         ok = (kf[None, :] <= qf) & (kf[None, :] > qf - WIN) & mm[:, None] & nm[None, :]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
@@ -178,7 +179,7 @@ def _fa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqs, skb, skh, sks,
         kmask = nm[:, None] & dm[None, :]
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kmask, other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale
+        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale).to(tl.float32)
         kf = offs_n[None, :] // NTOK
         ok = (kf <= qf[:, None]) & (kf > qf[:, None] - WIN) & nm[None, :] & mm[:, None]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)

@@ -108,7 +108,7 @@ def _gn_apply_kernel(x_ptr, y_ptr, part_ptr, w_ptr, bias_ptr, scale_ptr, shift_p
     m1 = s1 / n
     var = tl.maximum(s2 / n - m1 * m1, 0.0)
     mean = K + m1
-    rstd = 1.0 / tl.sqrt(var + eps)
+    rstd = (1.0 / tl.sqrt(var + eps)).to(tl.float32)  # eps arrives as fp64 under torch.compile
     if tl.program_id(1) == 0:
         first = cm & (c % CG == 0)
         tl.store(mean_ptr + b * G + g, mean, mask=first)

@@ -94,7 +94,9 @@ def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scal
     qm = (tq[:, None] < N) & hm[None, :]
     q1 = tl.load(Q + new_base + tq[:, None] * D + hh[None, :], mask=qm, other=0.0).to(tl.float32)
     q2 = tl.load(Q + new_base + tq[:, None] * D + HALF + hh[None, :], mask=qm, other=0.0).to(tl.float32)
-    inv = tl.exp2(-(2.0 * hh.to(tl.float32) / D) * log2_base)  # (BLOCK_H,) base^(-2i/D)
+    # fp32 casts: under torch.compile (wrap_triton) float scalars arrive as fp64, and fp64 angles
+    # made tl.dot mix fp32 and fp64 (the first H200 run, 2026-12-05)
+    inv = tl.exp2(-(2.0 * hh.to(tl.float32) / D) * log2_base).to(tl.float32)  # (BLOCK_H,) base^(-2i/D)
     m_i = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_Q,), tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
@@ -124,7 +126,7 @@ def _ring_decode_kernel(Q, KN, VN, KC, VC, SLOT_POS, POS, O, H, W, N, D, qk_scal
         k2r = k1 * s_ + k2 * c
         s = tl.dot(q1, tl.trans(k1r), input_precision=DOT_PREC)
         s += tl.dot(q2, tl.trans(k2r), input_precision=DOT_PREC)
-        s = s * qk_scale  # (BLOCK_Q, BLOCK_K), log2 units
+        s = (s * qk_scale).to(tl.float32)  # (BLOCK_Q, BLOCK_K), log2 units
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with nothing visible yet (tile outside its window / empty slots) keeps m = -inf:
