@@ -186,14 +186,16 @@ def load(path=None, device="cpu", weights: str = "ema"):
 
 
 def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None,
-           warp_anchor: bool | None = None) -> tuple[Path, Path]:
+           warp_anchor: bool | None = None, free_action: str | None = None) -> tuple[Path, Path]:
     """Inference-only copy of a training checkpoint: EMA weights of video model and IDM in
     `dtype` (the packaged default is fp16), same JSON minus optimizer state. sampler_steps sets
     the model's default number of sampler steps (chosen by held-out validation), which the
     planner uses unless told otherwise; warp_anchor sets DVAConfig.warp_anchor (anchored dreams,
-    no weights change). None keeps the training config's."""
+    no weights change); free_action sets DVAConfig.free_action (what conditions the planner's free
+    dreams by default). None keeps the training config's."""
     tensors, meta = read(src)
-    changes = {k: v for k, v in (("sampler_steps", sampler_steps), ("warp_anchor", warp_anchor)) if v is not None}
+    changes = {k: v for k, v in (("sampler_steps", sampler_steps), ("warp_anchor", warp_anchor),
+                                 ("free_action", free_action)) if v is not None}
     if changes:
         from dva.model.config import DVAConfig
 
@@ -218,6 +220,8 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
+    from dva.model.config import FREE_ACTIONS
+
     p = argparse.ArgumentParser(prog="python -m dva.checkpoint", description="Inspect or export dva checkpoints.")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="write an inference-only copy (EMA weights, fp16 by default)")
@@ -230,6 +234,10 @@ def main(argv=None) -> int:
     e.add_argument("--warp-anchor", choices=["on", "off"], default=None,
                    help="anchored dreams: the T and disc sample the last real frame by their composed motion "
                         "(needs a model trained with --body-masks); default: keep the training config's")
+    e.add_argument("--free-action", choices=FREE_ACTIONS, default=None,
+                   help="what conditions the planner's dreams past the committed actions by default: none (the free "
+                        "dream), prev or intent (the action head's reading; pick it with python -m dva.eval --policy "
+                        "dva --seeds dev --free-action ...); default: keep the training config's")
     i = sub.add_parser("info", help="validate a checkpoint and print its metadata")
     i.add_argument("path", help="checkpoint stem or file")
     a = p.parse_args(argv)
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
         if a.cmd == "export":
             dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
             anchor = None if a.warp_anchor is None else a.warp_anchor == "on"
-            st, js = export(a.src, a.dst, dt, a.sampler_steps, anchor)
+            st, js = export(a.src, a.dst, dt, a.sampler_steps, anchor, a.free_action)
             print(f"wrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}")
         else:
             tensors, meta = read(a.path)

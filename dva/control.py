@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .leapfrog import Leapfrog, LeapfrogConfig
 from .pusht.env import SUCCESS_COVERAGE
-from .policy import (PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
+from .policy import (FREE_ACTIONS, PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
                      PlannerConfig, load_planner, resolve_device)
 from .video import ControlVideo
 
@@ -264,6 +264,7 @@ def run(cfg: ControlConfig) -> dict:
         "checkpoint": str(cfg.checkpoint), "checkpoint_meta": meta,
         "config": asdict(cfg),
         "sample_steps": planner.sample_steps,
+        "free_action": planner.free_action,
         "device": _device_name(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "gym_pusht": _version("gym-pusht"),
         "summary": {
@@ -313,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip the videos (metrics only)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="ODE steps per predicted frame (default: the checkpoint's sampler_steps)")
-    p.add_argument("--free-action", choices=("none", "prev"), default=d.planner.free_action,
-                   help="conditioning of frames dreamed past the committed actions: none, or the previous planned action")
+    p.add_argument("--free-action", choices=FREE_ACTIONS, default=d.planner.free_action,
+                   help="conditioning of frames dreamed past the committed actions: none, the previous planned "
+                        "action, or intent (the action the model's own head reads off the context); default: the "
+                        "checkpoint's free_action")
     p.add_argument("--delay", type=int, default=d.lockstep.delay,
                    help="lockstep: steps between a plan's frame and the step it takes over (1 = real time on a fast device)")
     p.add_argument("--replan", type=int, default=d.lockstep.replan, help="lockstep: launch a plan every this many steps")

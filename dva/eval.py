@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from dva.data.store import atomic_write_json
+from dva.policy import FREE_ACTIONS
 from dva.pusht.policies import POLICIES
 from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seeds
 
 # Which CLI options become constructor kwargs for each policy (a policy not listed takes none),
 # and which policies never read pixels (their episodes run without rendering).
-POLICY_ARGS = {"dva": ["checkpoint", "device"], "bc": ["checkpoint", "execute"]}
+POLICY_ARGS = {"dva": ["checkpoint", "device", "free_action"], "bc": ["checkpoint", "execute"]}
 PRIVILEGED = {"random", "goal", "expert"}
 
 
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--policy bc: actions of each predicted chunk executed before it looks again "
                         "(default: 1, chosen on the dev seeds)")
     p.add_argument("--device", default=None, help="torch device for --policy dva (default: auto)")
+    p.add_argument("--free-action", default=None, choices=FREE_ACTIONS,
+                   help="--policy dva: what conditions the frames it dreams past the committed actions: none (the "
+                        "free dream), prev (the previous planned action) or intent (the model's own action head; "
+                        "dva.policy.PlannerConfig). Default: the checkpoint's free_action")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")
     p.add_argument("--states-out", type=Path, default=None,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .leapfrog import Leapfrog, LeapfrogConfig, Plan
+from .model.config import FREE_ACTIONS
 
 ACTION_LOW, ACTION_HIGH = 0.0, 512.0  # PushT's action space (pixels)
 PACKAGED_CHECKPOINT = Path(__file__).parent / "assets" / "dva_s.safetensors"
@@ -38,16 +39,19 @@ class PlannerConfig:
     # ODE steps per predicted frame; None: the checkpoint's `sampler_steps`, which the trainer
     # of the packaged model chose by held-out validation (docs/model.md)
     sample_steps: int | None = None
-    # What conditions a freely dreamed frame (beyond the committed actions): 'none' lets the
+    # What conditions a freely dreamed frame (beyond the committed actions); None: the
+    # checkpoint's `free_action` (DVAConfig; the package's is 'intent'). 'none' lets the
     # model dream what the expert would do (it is trained with action dropout), 'prev' feeds the
-    # previous planned action (actions change slowly at 10 Hz).
-    free_action: str = "none"
+    # previous planned action (actions change slowly at 10 Hz), 'intent' the action the model's
+    # own action head reads off the context it dreams from (DVAConfig.action_aux): the model picks
+    # one future in action space, where a median is still an action, and renders it.
+    free_action: str | None = None
 
     def __post_init__(self):
         if self.sample_steps is not None and self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
-        if self.free_action not in ("none", "prev"):
-            raise ValueError(f"free_action must be 'none' or 'prev', got {self.free_action!r}")
+        if self.free_action is not None and self.free_action not in FREE_ACTIONS:
+            raise ValueError(f"free_action must be one of {FREE_ACTIONS}, got {self.free_action!r}")
 
 
 class DVAPlanner:
@@ -57,6 +61,10 @@ class DVAPlanner:
         self.model, self.idm = model, idm
         self.device = torch.device(device)
         self.cfg = cfg or PlannerConfig()
+        self.free_action = self.cfg.free_action or model.cfg.free_action  # what is actually used
+        if self.free_action == "intent" and getattr(model, "action_head", None) is None:
+            raise ValueError("free_action='intent' needs a model with an action head (DVAConfig.action_aux > 0); "
+                             "this checkpoint has none")
         self.sample_steps = self.cfg.sample_steps or model.cfg.sampler_steps  # the steps actually used
         self.reset(0)
 
@@ -107,8 +115,10 @@ class DVAPlanner:
             for j in range(horizon):
                 if j < n:
                     cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
-                elif self.cfg.free_action == "prev" and j > 0:
+                elif self.free_action == "prev" and j > 0:
                     cond = last_action
+                elif self.free_action == "intent":
+                    cond = m.intent(ctx).clamp(ACTION_LOW, ACTION_HIGH)
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
@@ -155,21 +165,23 @@ class LockstepConfig:
 class DVAPolicy:
     """The protocol's policy interface around a planner: reads only obs['pixels'].
 
-    Either give a planner, or a checkpoint (what `python -m dva.eval --policy dva --checkpoint
-    PATH` does through the registry in dva.pusht.policies; default: the packaged checkpoint).
+    Either give a planner, or a checkpoint and free_action (what `python -m dva.eval --policy dva
+    --checkpoint PATH [--free-action intent]` does through the registry in dva.pusht.policies; default: the packaged checkpoint).
     Loaded for the CPU, it uses `threads` torch threads (1: eval runs one process per worker, and
     batch-1 inference on the shared 2-core CPU was many times slower with 2 threads).
     """
 
     def __init__(self, planner: DVAPlanner | None = None, cfg: LockstepConfig | None = None, *,
-                 checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1):
+                 checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1,
+                 free_action: str | None = None):
         if planner is None:
             dev = resolve_device(device)
             if dev.type == "cpu" and threads:
                 torch.set_num_threads(threads)
-            planner, _ = load_planner(PACKAGED_CHECKPOINT if checkpoint is None else checkpoint, dev)
-        elif checkpoint is not None:
-            raise ValueError("DVAPolicy: give a planner or a checkpoint, not both")
+            planner, _ = load_planner(PACKAGED_CHECKPOINT if checkpoint is None else checkpoint, dev,
+                                      PlannerConfig(free_action=free_action))
+        elif checkpoint is not None or free_action is not None:
+            raise ValueError("DVAPolicy: give a planner or a checkpoint (and its free_action), not both")
         self.planner = planner
         self.cfg = cfg or LockstepConfig()
         self.leap = Leapfrog(LeapfrogConfig(h_init=self.cfg.horizon, h_min=1, h_max=max(self.cfg.horizon, 1)))

@@ -119,7 +119,7 @@ VAL_SEED = 0
 # (warp_anchor changes the forward pass but no weight: a fine-tune learns it)
 # (not body_masks: with it the rigid layers' layer 0 keeps the dense field, see unet.RigidLayers)
 _LOSS_ONLY = ("motion_weight", "self_forcing", "self_forcing_depth", "loss", "warp_loss", "flow_loss", "action_dropout",
-              "policy_loss", "sampler_steps", "warp_anchor")
+              "policy_loss", "sampler_steps", "warp_anchor", "free_action")
 
 
 def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict:

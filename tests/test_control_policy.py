@@ -142,3 +142,42 @@ def test_the_executed_action_reaches_a_model_that_reads_it():
     assert not np.array_equal(plans[1].frames, plans[2].frames) and not np.array_equal(plans[0].frames, plans[1].frames)
     with pytest.raises(ValueError):
         preset("tiny", prev_action=True, policy_loss=1.0, action_dropout=0.0)
+
+
+def test_intent_conditions_the_free_dream_on_the_action_head():
+    """free_action='intent': each freely dreamed frame is the one the model dreams under the action
+    its own head reads off the context it dreams from; a model without a head is refused by name."""
+    torch.manual_seed(2)
+    cfg = preset("tiny", action_aux=1.0)
+    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(idm.parameters()):
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    planner = DVAPlanner(model, idm, cfg=PlannerConfig(free_action="intent"))
+    planner.reset(3)
+    planner.observe(frames(1)[0])
+    plan = planner.plan(0, np.zeros((0, 2)), 1)
+    with torch.no_grad():  # the same frame by hand: the same noise, the head's action as the condition
+        ctx = planner._ctx
+        want_action = model.intent(ctx).clamp(0, 512)
+        noise = torch.randn((1, 3, 96, 96), generator=torch.Generator().manual_seed(3))
+        want = model.to_frames(model.sample(ctx, want_action, steps=planner.sample_steps, noise=noise))
+    np.testing.assert_array_equal(plan.frames[0], want[0].numpy())
+    free = DVAPlanner(model, idm)  # the unconditioned free dream is another frame
+    free.reset(3)
+    free.observe(frames(1)[0])
+    assert not np.array_equal(free.plan(0, np.zeros((0, 2)), 1).frames, plan.frames)
+    with pytest.raises(ValueError, match="action head"):
+        DVAPlanner(*_no_head(), cfg=PlannerConfig(free_action="intent"))
+    with pytest.raises(ValueError, match="action_aux"):
+        preset("tiny", free_action="intent")
+    # a checkpoint's own free_action is the planner's default; PlannerConfig overrides it
+    model.cfg.free_action = "intent"
+    assert DVAPlanner(model, idm).free_action == "intent"
+    assert DVAPlanner(model, idm, cfg=PlannerConfig(free_action="none")).free_action == "none"
+
+
+def _no_head():
+    cfg = preset("tiny")
+    return DVA(cfg).eval(), IDM(cfg).eval()

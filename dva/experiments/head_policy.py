@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from dva.data.store import atomic_write_json
-from dva.model import frames as fr
 from dva.policy import load_planner
 from dva.pusht.protocol import DEV_SEEDS, SEEDS, evaluate, parse_seeds
 
@@ -43,9 +42,7 @@ class HeadPolicy:
 
     @torch.inference_mode()
     def _head(self, ctx) -> np.ndarray:
-        m = self.planner.model
-        a = fr.denorm_action(m.action_head(ctx.tokens.flatten(1)), m.cfg.action_range)
-        return a[0].clamp(0, 512).double().numpy()
+        return self.planner.model.intent(ctx)[0].clamp(0, 512).double().numpy()
 
     @torch.inference_mode()
     def act(self, obs):

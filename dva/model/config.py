@@ -11,6 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+# What conditions a frame dreamed past the committed actions (DVAConfig.free_action, dva.policy.PlannerConfig)
+FREE_ACTIONS = ("none", "prev", "intent")
+
+
 def opt(default, help: str, **cli):
     """A config field declared once with its --help text (dva.train derives its command line from
     the fields of DVAConfig and TrainConfig); cli may add argparse keywords such as choices."""
@@ -93,6 +97,14 @@ class DVAConfig:
     loss: str = opt("mse", "pixel loss: 'mse' (the mean: blurs what is uncertain) or 'l1' (the median: sharp)",
                     choices=("mse", "l1"))
     sampler_steps: int = opt(4, "flow-matching sampler steps (validation; the exported default of a checkpoint)")
+    # Why intent: the free dream is a one-step regression, the per-pixel median of the futures the
+    # expert might make, which blurs the disc where the future is uncertain (near the goal); the
+    # action head's L1 median is still an action, and a dream told it renders one future
+    free_action: str = opt("none", "what conditions the frames a planner dreams past the committed actions, unless "
+                                   "told otherwise (the exported default of a checkpoint; dva.policy.PlannerConfig): "
+                                   "'none' (the free dream), 'prev' (the previous planned action) or 'intent' (the "
+                                   "action the action head reads off the context; needs action_aux)",
+                           choices=FREE_ACTIONS)
     idm_ch: tuple[int, ...] = opt((32, 64, 128, 128), "IDM channels per level; it reads frames (t-1, t, t+1) -> a_t")
     groups: int = opt(8, "GroupNorm groups everywhere")
 
@@ -142,6 +154,9 @@ class DVAConfig:
                              f"{self.policy_loss} (action_dropout={self.action_dropout})")
         if self.action_aux < 0:
             raise ValueError(f"action_aux must be >= 0, got {self.action_aux}")
+        if self.free_action not in FREE_ACTIONS or (self.free_action == "intent" and not self.action_aux):
+            raise ValueError(f"free_action must be one of {FREE_ACTIONS}, and 'intent' needs action_aux > 0 (the "
+                             f"action head), got {self.free_action!r} (action_aux={self.action_aux})")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
 

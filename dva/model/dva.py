@@ -243,6 +243,15 @@ class DVA(nn.Module):
         last = [f.view(B, T, *f.shape[1:])[:, -1] for f in feats]
         return Context(out.view(B, T, N, -1)[:, -1], last, frames[:, -1])
 
+    def intent(self, ctx: Context) -> torch.Tensor:
+        """The action the model expects out of the context's frame, read by the action head
+        (DVAConfig.action_aux): (B, 2) in the data's units. What a free dream can be conditioned
+        on (PlannerConfig.free_action='intent'), so that it renders one future, not the median of
+        all of them."""
+        if self.action_head is None:
+            raise ValueError("this model has no action head (DVAConfig.action_aux = 0): it has no intent to read")
+        return fr.denorm_action(self.action_head(ctx.tokens.flatten(1)), self.cfg.action_range)
+
     def velocity(self, x_tau, tau, ctx: Context, action=None):
         """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
         return self._velocity(x_tau, tau, ctx, action)[0]
