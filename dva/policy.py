@@ -117,8 +117,9 @@ class DVAPlanner:
                     cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
                 elif self.free_action == "prev" and j > 0:
                     cond = last_action
-                elif self.free_action == "intent":
-                    cond = m.intent(ctx).clamp(ACTION_LOW, ACTION_HIGH)
+                elif self.free_action == "intent":  # a_{t+j}: off the real frame's context while it reads that far
+                    K = m.cfg.intent_steps
+                    cond = (m.intent(self._ctx)[:, j] if j < K else m.intent(ctx)[:, 0]).clamp(ACTION_LOW, ACTION_HIGH)
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)

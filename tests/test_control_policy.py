@@ -160,7 +160,7 @@ def test_intent_conditions_the_free_dream_on_the_action_head():
     plan = planner.plan(0, np.zeros((0, 2)), 1)
     with torch.no_grad():  # the same frame by hand: the same noise, the head's action as the condition
         ctx = planner._ctx
-        want_action = model.intent(ctx).clamp(0, 512)
+        want_action = model.intent(ctx)[:, 0].clamp(0, 512)
         noise = torch.randn((1, 3, 96, 96), generator=torch.Generator().manual_seed(3))
         want = model.to_frames(model.sample(ctx, want_action, steps=planner.sample_steps, noise=noise))
     np.testing.assert_array_equal(plan.frames[0], want[0].numpy())
@@ -181,3 +181,33 @@ def test_intent_conditions_the_free_dream_on_the_action_head():
 def _no_head():
     cfg = preset("tiny")
     return DVA(cfg).eval(), IDM(cfg).eval()
+
+
+def test_intent_steps_take_the_first_free_frames_action_off_the_real_frame():
+    """intent_steps = 2, a delay-1 plan (one committed action, then one free frame): the free frame's
+    action is the head's a_{t+1} read off the real frame's context, so changing the head's a_t rows
+    leaves the plan as it is and changing its a_{t+1} rows changes it."""
+    torch.manual_seed(4)
+    cfg = preset("tiny", action_aux=1.0, intent_steps=2, free_action="intent")
+    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(idm.parameters()):
+            if not p.any():
+                p.normal_(0.0, 0.05)
+
+    def plan():
+        planner = DVAPlanner(model, idm)
+        planner.reset(5)
+        planner.observe(frames(1)[0])
+        return planner.plan(0, np.array([[200.0, 300.0]]), 2).frames
+
+    base = plan()
+    last = model.action_head[-1]
+    with torch.no_grad():
+        last.bias[:2] += 0.5  # a_t
+    np.testing.assert_array_equal(plan(), base)
+    with torch.no_grad():
+        last.bias[2:] += 0.5  # a_{t+1}
+    changed = plan()
+    np.testing.assert_array_equal(changed[0], base[0])  # the committed frame
+    assert not np.array_equal(changed[1], base[1])

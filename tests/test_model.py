@@ -708,3 +708,26 @@ def test_action_aux_adds_the_heads_l1_on_the_context():
     assert DVA(tiny()).action_head is None
     with pytest.raises(ValueError, match="action_aux"):
         tiny(action_aux=-1.0)
+
+
+def test_intent_steps_reads_the_next_k_actions_where_the_sequence_has_them():
+    """DVAConfig.intent_steps = K: the head reads a_t .. a_{t+K-1} off the context of frame t; its
+    loss is the L1 over the actions the sequence holds (a_{t+k} for t + k <= L - 1), checked by a
+    loop over positions; intent() gives them in px, (B, K, 2)."""
+    torch.manual_seed(0)
+    m2 = DVA(tiny(action_aux=1.0, intent_steps=2)).eval()
+    m0 = DVA(tiny()).eval()
+    m0.load_state_dict({k: v for k, v in m2.state_dict().items() if not k.startswith("action_head.")})
+    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
+    act = torch.rand(2, 4, 2) * 512
+    l2 = m2(x, act, generator=torch.Generator().manual_seed(3))
+    l0 = m0(x, act, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ctx = m2.context(x[:, :-1])
+        head = m2.action_head(ctx.tokens.flatten(1)).view(2, 3, 2, 2)  # (B, positions, k, xy)
+        errs = [(head[:, t, k] - norm_action(act[:, t + k])).abs() for t in range(3) for k in range(2) if t + k <= 3]
+        torch.testing.assert_close(m2.intent(ctx), denorm_action(m2.action_head(ctx.tokens.flatten(1))).view(-1, 2, 2))
+    want = torch.stack(errs).mean()
+    torch.testing.assert_close(l2 - l0, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="intent_steps"):
+        tiny(intent_steps=2)

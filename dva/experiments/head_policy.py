@@ -42,7 +42,7 @@ class HeadPolicy:
 
     @torch.inference_mode()
     def _head(self, ctx) -> np.ndarray:
-        return self.planner.model.intent(ctx)[0].clamp(0, 512).double().numpy()
+        return self.planner.model.intent(ctx)[0, 0].clamp(0, 512).double().numpy()
 
     @torch.inference_mode()
     def act(self, obs):

@@ -86,6 +86,12 @@ class DVAConfig:
     # asked the trunk for the expert's intent, and the free dream cannot render what it lacks
     action_aux: float = opt(0.0, "weight of an L1 loss of an MLP head that reads the data's action a_t off the "
                                  "transformer's context of frame t (training only: the policy reads dreams); 0: off")
+    # Why intent_steps: at the DVA's lockstep timing (delay 1) the first free frame needs a_{t+1}; read off
+    # a dreamed frame's context it cost the head 0.10 of score that BC, which reads a_{t+1} off real
+    # frames, does not lose (docs/policy.md, stop 33)
+    intent_steps: int = opt(1, "actions the action head reads off the context of frame t: a_t .. a_{t+K-1} (with "
+                               "free_action 'intent' the first K frames a plan dreams take their action from the "
+                               "last real frame's context)")
     # Autoregressive dreams feed the model its own slightly wrong frames; trained on clean frames
     # only, `s` turned the T into a noisy cloud from the second dream step (docs/history.md)
     self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
@@ -154,6 +160,9 @@ class DVAConfig:
                              f"{self.policy_loss} (action_dropout={self.action_dropout})")
         if self.action_aux < 0:
             raise ValueError(f"action_aux must be >= 0, got {self.action_aux}")
+        if not 1 <= self.intent_steps <= 16 or (self.intent_steps > 1 and not self.action_aux):
+            raise ValueError(f"intent_steps must be in [1, 16] and > 1 only with action_aux > 0, got "
+                             f"{self.intent_steps} (action_aux={self.action_aux})")
         if self.free_action not in FREE_ACTIONS or (self.free_action == "intent" and not self.action_aux):
             raise ValueError(f"free_action must be one of {FREE_ACTIONS}, and 'intent' needs action_aux > 0 (the "
                              f"action head), got {self.free_action!r} (action_aux={self.action_aux})")

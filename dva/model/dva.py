@@ -44,7 +44,8 @@ class DVA(nn.Module):
         self._record: list | None = None  # see record()
         # DVAConfig.action_aux: training only (the policy reads actions off dreams, not off this)
         n = cfg.d_model * cfg.tokens_per_frame
-        self.action_head = nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2)) if cfg.action_aux else None
+        self.action_head = (nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2 * cfg.intent_steps))
+                            if cfg.action_aux else None)
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
     @staticmethod
@@ -110,8 +111,8 @@ class DVA(nn.Module):
             loss = loss + self.cfg.body_masks * self._mask_loss(out.logits, labels)
         if self.cfg.policy_loss:
             loss = loss + self.cfg.policy_loss * self._policy_loss(seen, x_hat, act, ~keep, tau, action_reader)
-        if self.action_head is not None:  # the context of frame t must hold the action taken out of it
-            loss = loss + self.cfg.action_aux * (self.action_head(ctx.tokens.flatten(1)).float() - act).abs().mean()
+        if self.action_head is not None:  # the context of frame t must hold the actions taken out of it
+            loss = loss + self.cfg.action_aux * self._intent_loss(ctx, actions)
         return loss
 
     def decode(self, x_tau, tau, ctx: Context, action=None, action_mask=None, prev=None, prev_mask=None) -> DecoderOut:
@@ -146,6 +147,18 @@ class DVA(nn.Module):
         read = action_reader(prev[free], cur[free], x_hat[free])  # (f, 2) in [-1, 1]
         w = (1 - tau[free]).view(-1, 1)
         return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
+
+    def _intent_loss(self, ctx, actions):
+        """L1 of the action head's a_t .. a_{t+K-1} (K = cfg.intent_steps) off the context of each
+        frame t against the data's, over the actions the sequence holds (actions (B, L, 2) px)."""
+        B, L = actions.shape[:2]
+        K = self.cfg.intent_steps
+        pred = self.action_head(ctx.tokens.flatten(1)).float().view(B, L - 1, K, 2)
+        act = fr.norm_action(actions, self.cfg.action_range)  # (B, L, 2)
+        idx = torch.arange(L - 1, device=act.device)[:, None] + torch.arange(K, device=act.device)  # (L-1, K)
+        valid = (idx < L).float()[None, :, :, None]  # a_{t+k} past the sequence's last action is not known
+        err = (pred - act[:, idx.clamp(max=L - 1)]).abs() * valid
+        return err.sum() / (valid.sum() * B * 2)
 
     def prev_actions(self, actions):
         """The action executed into each frame of a sequence, for actions (B, T, 2) px leading out
@@ -244,13 +257,14 @@ class DVA(nn.Module):
         return Context(out.view(B, T, N, -1)[:, -1], last, frames[:, -1])
 
     def intent(self, ctx: Context) -> torch.Tensor:
-        """The action the model expects out of the context's frame, read by the action head
-        (DVAConfig.action_aux): (B, 2) in the data's units. What a free dream can be conditioned
-        on (PlannerConfig.free_action='intent'), so that it renders one future, not the median of
-        all of them."""
+        """The actions the model expects out of the context's frame and the K - 1 after it, read
+        by the action head (DVAConfig.action_aux, intent_steps = K): (B, K, 2) in the data's
+        units. What a free dream can be conditioned on (PlannerConfig.free_action='intent'), so
+        that it renders one future, not the median of all of them."""
         if self.action_head is None:
             raise ValueError("this model has no action head (DVAConfig.action_aux = 0): it has no intent to read")
-        return fr.denorm_action(self.action_head(ctx.tokens.flatten(1)), self.cfg.action_range)
+        a = self.action_head(ctx.tokens.flatten(1)).view(-1, self.cfg.intent_steps, 2)
+        return fr.denorm_action(a, self.cfg.action_range)
 
     def velocity(self, x_tau, tau, ctx: Context, action=None):
         """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
