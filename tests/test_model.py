@@ -688,17 +688,23 @@ def test_action_range_maps_the_datas_units_to_unit_range():
         tiny(action_range=(1.0, 1.0))
 
 
-def test_action_aux_adds_the_heads_l1_on_the_context():
-    """DVAConfig.action_aux: the loss grows by exactly weight x L1(head(context of frame t), a_t)
-    (same weights, same noise), and the head and the trunk get its gradient."""
+def _with_and_without_head(**head):
+    """A `tiny` model with the action head configured by `head`, the same weights without it, a
+    batch, and both models' training losses on it with the same noise."""
     torch.manual_seed(0)
-    m1 = DVA(tiny(action_aux=0.5)).eval()
+    m1 = DVA(tiny(**head)).eval()
     m0 = DVA(tiny()).eval()
     m0.load_state_dict({k: v for k, v in m1.state_dict().items() if not k.startswith("action_head.")})
     x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
     act = torch.rand(2, 4, 2) * 512
-    l1 = m1(x, act, generator=torch.Generator().manual_seed(3))
-    l0 = m0(x, act, generator=torch.Generator().manual_seed(3))
+    return (m1, x, act, m1(x, act, generator=torch.Generator().manual_seed(3)),
+            m0(x, act, generator=torch.Generator().manual_seed(3)))
+
+
+def test_action_aux_adds_the_heads_l1_on_the_context():
+    """DVAConfig.action_aux: the loss grows by exactly weight x L1(head(context of frame t), a_t)
+    (same weights, same noise), and the head and the trunk get its gradient."""
+    m1, x, act, l1, l0 = _with_and_without_head(action_aux=0.5)
     with torch.no_grad():
         head = m1.action_head(m1.context(x[:, :-1]).tokens.flatten(1))
     want = 0.5 * (head - norm_action(act[:, :-1].flatten(0, 1))).abs().mean()
@@ -714,14 +720,7 @@ def test_intent_steps_reads_the_next_k_actions_where_the_sequence_has_them():
     """DVAConfig.intent_steps = K: the head reads a_t .. a_{t+K-1} off the context of frame t; its
     loss is the L1 over the actions the sequence holds (a_{t+k} for t + k <= L - 1), checked by a
     loop over positions; intent() gives them in px, (B, K, 2)."""
-    torch.manual_seed(0)
-    m2 = DVA(tiny(action_aux=1.0, intent_steps=2)).eval()
-    m0 = DVA(tiny()).eval()
-    m0.load_state_dict({k: v for k, v in m2.state_dict().items() if not k.startswith("action_head.")})
-    x = torch.rand(2, 4, 3, 96, 96) * 2 - 1
-    act = torch.rand(2, 4, 2) * 512
-    l2 = m2(x, act, generator=torch.Generator().manual_seed(3))
-    l0 = m0(x, act, generator=torch.Generator().manual_seed(3))
+    m2, x, act, l2, l0 = _with_and_without_head(action_aux=1.0, intent_steps=2)
     with torch.no_grad():
         ctx = m2.context(x[:, :-1])
         head = m2.action_head(ctx.tokens.flatten(1)).view(2, 3, 2, 2)  # (B, positions, k, xy)
