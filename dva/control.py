@@ -30,8 +30,9 @@ import torch
 from tqdm import tqdm
 
 from .leapfrog import Leapfrog, LeapfrogConfig
+from .model.config import FREE_ACTIONS
 from .pusht.env import SUCCESS_COVERAGE
-from .policy import (FREE_ACTIONS, PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
+from .policy import (PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
                      PlannerConfig, load_planner, resolve_device)
 from .video import ControlVideo
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from dva.data.store import atomic_write_json
-from dva.policy import FREE_ACTIONS
+from dva.model.config import FREE_ACTIONS
 from dva.pusht.policies import POLICIES
 from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seeds
 

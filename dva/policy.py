@@ -40,7 +40,7 @@ class PlannerConfig:
     # of the packaged model chose by held-out validation (docs/model.md)
     sample_steps: int | None = None
     # What conditions a freely dreamed frame (beyond the committed actions); None: the
-    # checkpoint's `free_action` (DVAConfig; the package's is 'intent'). 'none' lets the
+    # checkpoint's `free_action` (DVAConfig; the package's is 'none'). 'none' lets the
     # model dream what the expert would do (it is trained with action dropout), 'prev' feeds the
     # previous planned action (actions change slowly at 10 Hz), 'intent' the action the model's
     # own action head reads off the context it dreams from (DVAConfig.action_aux): the model picks
@@ -109,6 +109,8 @@ class DVAPlanner:
         mark = self.cache.mark(horizon - 1)  # saves just the slots the scratch frames overwrite
         ctx, prev, cur = self._ctx, self._prev, self._cur
         frames, actions = [], []
+        # a_{t+j} off the real frame's context for j < intent_steps (one head evaluation per plan)
+        real_intent = m.intent(ctx) if self.free_action == "intent" else None
         last_action = None if executed is None else torch.as_tensor(
             np.asarray(executed, dtype=np.float32).reshape(1, 2), device=dev)
         try:
@@ -117,9 +119,9 @@ class DVAPlanner:
                     cond = torch.from_numpy(committed[j]).float().to(dev)[None]  # (1, 2)
                 elif self.free_action == "prev" and j > 0:
                     cond = last_action
-                elif self.free_action == "intent":  # a_{t+j}: off the real frame's context while it reads that far
-                    K = m.cfg.intent_steps
-                    cond = (m.intent(self._ctx)[:, j] if j < K else m.intent(ctx)[:, 0]).clamp(ACTION_LOW, ACTION_HIGH)
+                elif self.free_action == "intent":  # then off the frame it is dreamed from
+                    cond = (real_intent[:, j] if j < m.cfg.intent_steps else m.intent(ctx)[:, 0]).clamp(
+                        ACTION_LOW, ACTION_HIGH)
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)

@@ -19,19 +19,24 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    cfg = preset("tiny")
-    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
-    # The model zero-initialises its output layers (every block starts as the identity), which
-    # would make an untrained dream ignore its inputs; give those weights small random values so
-    # the tests below see a generic function of frames and actions, as after training.
+def generic(seed=0, **cfg):
+    """A `tiny` model and IDM (preset overrides `cfg`). The model zero-initialises its output layers
+    (every block starts as the identity), which would make an untrained dream ignore its inputs;
+    those weights get small random values so the tests see a generic function of frames and
+    actions, as after training."""
+    torch.manual_seed(seed)
+    c = preset("tiny", **cfg)
+    model, idm = DVA(c).eval(), IDM(c).eval()
     with torch.no_grad():
         for p in list(model.parameters()) + list(idm.parameters()):
             if not p.any():
                 p.normal_(0.0, 0.05)
     return model, idm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return generic()
 
 
 def frames(n, seed=0):
@@ -126,13 +131,7 @@ def test_bad_inputs_name_the_problem(tiny):
 def test_the_executed_action_reaches_a_model_that_reads_it():
     """plan(..., executed): the action executed into the observed frame conditions the first
     predicted frame of a DVAConfig.prev_action model (and is ignored by one without it)."""
-    torch.manual_seed(1)
-    cfg = preset("tiny", prev_action=True)
-    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(idm.parameters()):
-            if not p.any():
-                p.normal_(0.0, 0.05)
+    model, idm = generic(1, prev_action=True)
     planner = DVAPlanner(model, idm)
     plans = []
     for executed in (None, np.array([100.0, 100.0]), np.array([400.0, 300.0])):
@@ -147,13 +146,7 @@ def test_the_executed_action_reaches_a_model_that_reads_it():
 def test_intent_conditions_the_free_dream_on_the_action_head():
     """free_action='intent': each freely dreamed frame is the one the model dreams under the action
     its own head reads off the context it dreams from; a model without a head is refused by name."""
-    torch.manual_seed(2)
-    cfg = preset("tiny", action_aux=1.0)
-    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(idm.parameters()):
-            if not p.any():
-                p.normal_(0.0, 0.05)
+    model, idm = generic(2, action_aux=1.0)
     planner = DVAPlanner(model, idm, cfg=PlannerConfig(free_action="intent"))
     planner.reset(3)
     planner.observe(frames(1)[0])
@@ -169,7 +162,7 @@ def test_intent_conditions_the_free_dream_on_the_action_head():
     free.observe(frames(1)[0])
     assert not np.array_equal(free.plan(0, np.zeros((0, 2)), 1).frames, plan.frames)
     with pytest.raises(ValueError, match="action head"):
-        DVAPlanner(*_no_head(), cfg=PlannerConfig(free_action="intent"))
+        DVAPlanner(DVA(preset("tiny")), IDM(preset("tiny")), cfg=PlannerConfig(free_action="intent"))
     with pytest.raises(ValueError, match="action_aux"):
         preset("tiny", free_action="intent")
     # a checkpoint's own free_action is the planner's default; PlannerConfig overrides it
@@ -178,22 +171,11 @@ def test_intent_conditions_the_free_dream_on_the_action_head():
     assert DVAPlanner(model, idm, cfg=PlannerConfig(free_action="none")).free_action == "none"
 
 
-def _no_head():
-    cfg = preset("tiny")
-    return DVA(cfg).eval(), IDM(cfg).eval()
-
-
 def test_intent_steps_take_the_first_free_frames_action_off_the_real_frame():
     """intent_steps = 2, a delay-1 plan (one committed action, then one free frame): the free frame's
     action is the head's a_{t+1} read off the real frame's context, so changing the head's a_t rows
     leaves the plan as it is and changing its a_{t+1} rows changes it."""
-    torch.manual_seed(4)
-    cfg = preset("tiny", action_aux=1.0, intent_steps=2, free_action="intent")
-    model, idm = DVA(cfg).eval(), IDM(cfg).eval()
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(idm.parameters()):
-            if not p.any():
-                p.normal_(0.0, 0.05)
+    model, idm = generic(4, action_aux=1.0, intent_steps=2, free_action="intent")
 
     def plan():
         planner = DVAPlanner(model, idm)

@@ -58,8 +58,7 @@ def features(root, stride=6, batch=64):
     for b in range(0, len(starts), batch):
         idx = starts[b:b + batch]
         x = frames[idx[:, None] + torch.arange(W)].permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-        tok, _ = model.encoder(x.flatten(0, 1))
-        c = model.transformer(tok.reshape(len(idx), W * N, -1), N).view(len(idx), W, N * D)
+        c = model.context(x).tokens.view(len(idx), W, N * D)
         feats.append(c[:, P0:].reshape(-1, N * D).half())
     acts = torch.from_numpy(np.stack(acts)).float().reshape(-1, K, 2)
     return torch.cat(feats), acts, torch.from_numpy(np.stack(valid)).reshape(-1, K)
