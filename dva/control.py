@@ -4,12 +4,15 @@ Two modes, both reporting control rate, inference latency p50/p99, deadline miss
 jump at plan boundaries:
 
 - lockstep (default; reproducible): the environment waits for inference. A plan launched at
-  step t takes over at step t + delay (LockstepConfig), exactly as in real time when inference
-  is faster than the control period. Same seed, same actions.
+  step t takes over at step t + delay (LockstepConfig), after `--latency-ms` within that step
+  (the physics tracks the previous target until then, as `dva.eval --latency-ms`). Same seed,
+  same actions.
 - `--realtime`: the environment advances at 10 Hz wall clock in this (main) thread while an
-  inference thread plans on the newest real frames (torch releases the GIL). The horizon adapts
-  to the measured latency; when inference falls behind, the controller holds the last target
-  and counts a deadline miss.
+  inference thread plans on the newest real frames (torch releases the GIL). A plan takes over
+  the moment it lands, within the step: the physics tracks the previous target for the 10 ms
+  substeps before (PushTEnv.step's hold_substeps), as `dva.eval --latency-ms` models. The
+  horizon adapts to the measured latency; when inference falls behind, the controller holds the
+  last target and counts a deadline miss.
 
 Outputs in --out: metrics.json (atomic write) and one video per episode (dva.video).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -31,7 +35,7 @@ from tqdm import tqdm
 
 from .leapfrog import Leapfrog, LeapfrogConfig
 from .model.config import FREE_ACTIONS
-from .pusht.env import SUCCESS_COVERAGE
+from .pusht.env import SUBSTEPS, SUCCESS_COVERAGE, hold_substeps_for
 from .policy import (PACKAGED_CHECKPOINT, CheckpointUnavailable, DVAPlanner, DVAPolicy, LockstepConfig,
                      PlannerConfig, load_planner, resolve_device)
 from .video import ControlVideo
@@ -58,8 +62,10 @@ def _episode_record(seed: int, coverages: list[float], steps: int, wall_s: float
 
 # --- lockstep ----------------------------------------------------------------------------------
 def run_lockstep(env, policy: DVAPolicy, seed: int, max_steps: int, video: ControlVideo | None = None,
-                 bar: tqdm | None = None) -> tuple[dict, np.ndarray]:
-    """One episode, the env waiting for inference. Returns (record, executed actions (T, 2))."""
+                 bar: tqdm | None = None, latency_ms: float = 0.0) -> tuple[dict, np.ndarray]:
+    """One episode, the env waiting for inference; each action lands `latency_ms` into its step.
+    Returns (record, executed actions (T, 2))."""
+    hold = hold_substeps_for(latency_ms)
     policy.reset(seed)
     obs, _ = env.reset(seed)
     coverages, actions = [], []
@@ -70,14 +76,15 @@ def run_lockstep(env, policy: DVAPolicy, seed: int, max_steps: int, video: Contr
         if video is not None:
             cov = coverages[-1] if coverages else 0.0
             video.add(k, obs["pixels"], a, policy.active_plan, policy.last_miss, f"coverage {cov:.3f}")
-        obs, _, terminated, truncated, info = env.step(a)
+        obs, _, terminated, truncated, info = env.step(a, hold)
         coverages.append(float(info["coverage"]))
         if bar is not None:
             bar.update(1)
         if terminated or truncated:
             break
     wall = time.perf_counter() - t0
-    rec = _episode_record(seed, coverages, len(actions), wall, policy.leap, {"mode": "lockstep"})
+    rec = _episode_record(seed, coverages, len(actions), wall, policy.leap,
+                          {"mode": "lockstep", "latency_ms_virtual": latency_ms})
     return rec, np.asarray(actions).reshape(-1, 2)
 
 
@@ -95,6 +102,7 @@ class InferenceThread(threading.Thread):
         self.planner, self.leap = planner, leap
         self._cv = threading.Condition()
         self._inbox: list[tuple[int, np.ndarray, float]] = []  # (step, frame, time posted)
+        self._landed: dict[int, float] = {}  # plan start step -> when it was submitted
         self._halt = False
         self.error: BaseException | None = None
 
@@ -102,6 +110,24 @@ class InferenceThread(threading.Thread):
         with self._cv:
             self._inbox.append((step, frame, time.perf_counter()))
             self._cv.notify()
+
+    def take(self, k: int, tick: float, dt: float) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+        """The control side of step k (whose frame was taken at `tick`): wait, at most until the
+        step ends, for the plan made from frame k; then (target, held, miss, hold_substeps): the
+        step tracks `held` for hold_substeps substeps (until the plan that took over landed) and
+        `target` for the rest."""
+        # a plan landing in the step's last substep could not act in it: stop waiting there,
+        # which leaves that substep for the physics and the frame
+        until = tick + dt * (SUBSTEPS - 1) / SUBSTEPS
+        with self._cv:  # (the first plan is made before the clock: no wait at step 0)
+            self._cv.wait_for(lambda: max(self._landed, default=0) >= k or self._halt or self.error is not None,
+                              timeout=max(0.0, until - time.perf_counter()))
+            held, before = self.leap.target(k), self.leap.active
+            a, miss = self.leap.action(k)
+            landed = self._landed.get(self.leap.active.start) if self.leap.active is not before else None
+        if landed is None or held is None or landed <= tick:
+            return a, held, miss, 0
+        return a, held, miss, min(SUBSTEPS, math.ceil((landed - tick) / (dt / SUBSTEPS)))
 
     def stop(self) -> None:
         with self._cv:
@@ -123,13 +149,17 @@ class InferenceThread(threading.Thread):
                     self.planner.observe(frame)
                 t, _, posted = batch[-1]
                 h = self.leap.horizon()
-                n = min(self.leap.delay_steps(h), h)
+                n = min(self.leap.landing_steps(h), h)
                 plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t))
                 # latency as the scheduler sees it: from the frame's arrival to a usable plan;
                 # all but the dreaming itself is fixed cost (observing the frames that arrived)
                 total = time.perf_counter() - posted
                 self.leap.record_latency(total, h, fixed_s=total - plan.latency_s)
-                self.leap.submit(plan)
+                with self._cv:  # atomic with take(): a plan has landed or it has not
+                    self.leap.submit(plan)
+                    self._landed = {s: v for s, v in self._landed.items() if s > t - 8}
+                    self._landed[t] = time.perf_counter()
+                    self._cv.notify_all()
         except BaseException as e:  # surfaced by stop() in the control thread
             self.error = e
 
@@ -160,18 +190,19 @@ def run_realtime(env, planner: DVAPlanner, leap_cfg: LeapfrogConfig, seed: int, 
     leap.submit(first)
     worker = InferenceThread(planner, leap)
     worker.start()
-    coverages, actions, steps = [], [], []
+    coverages, actions, steps, holds = [], [], [], []
     overruns = 0  # ticks where the control thread itself was late (env step + bookkeeping > dt)
     t0 = tick = time.perf_counter()
     try:
         for k in range(max_steps):
             if k > 0:
                 worker.post(k, obs["pixels"])
-            a, miss = leap.action(k)
+            a, held, miss, hold = worker.take(k, tick, leap_cfg.dt)
+            holds.append(hold)
             actions.append(a)
             if video is not None:
                 steps.append(_Step(k, obs["pixels"], a, leap.active, miss, coverages[-1] if coverages else 0.0))
-            obs, _, terminated, truncated, info = env.step(a)
+            obs, _, terminated, truncated, info = env.step(a, hold, held)
             coverages.append(float(info["coverage"]))
             if bar is not None:
                 bar.update(1)
@@ -189,7 +220,10 @@ def run_realtime(env, planner: DVAPlanner, leap_cfg: LeapfrogConfig, seed: int, 
     if video is not None:
         for s in steps:
             video.add(s.k, s.frame, s.action, s.plan, s.miss, f"coverage {s.coverage:.3f}  (real time)")
-    rec = _episode_record(seed, coverages, len(actions), wall, leap, {"mode": "realtime", "tick_overruns": overruns})
+    rec = _episode_record(seed, coverages, len(actions), wall, leap, {
+        "mode": "realtime", "tick_overruns": overruns,
+        # how late in each step the new target took over (10 ms substeps; what --latency-ms models)
+        "hold_substeps_mean": float(np.mean(holds)) if holds else None})
     return rec, np.asarray(actions).reshape(-1, 2)
 
 
@@ -210,6 +244,7 @@ class ControlConfig:
     video: bool = True
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     lockstep: LockstepConfig = field(default_factory=LockstepConfig)
+    latency_ms: float = 0.0  # lockstep: when in its step each action lands (env physics)
     leapfrog: LeapfrogConfig = field(default_factory=LeapfrogConfig)
 
 
@@ -250,7 +285,7 @@ def run(cfg: ControlConfig) -> dict:
                 if cfg.realtime:
                     rec, _ = run_realtime(env, planner, cfg.leapfrog, seed, cfg.max_steps, video, bar)
                 else:
-                    rec, _ = run_lockstep(env, policy, seed, cfg.max_steps, video, bar)
+                    rec, _ = run_lockstep(env, policy, seed, cfg.max_steps, video, bar, cfg.latency_ms)
             except BaseException:
                 if video is not None:
                     video.abort()
@@ -321,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's free_action")
     p.add_argument("--delay", type=int, default=d.lockstep.delay,
                    help="lockstep: steps between a plan's frame and the step it takes over (1 = real time on a fast device)")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
+                   help="lockstep: each action lands this long into its step, in [0, 100) (the physics tracks the "
+                        "previous target until then; real time measures it instead)")
     p.add_argument("--replan", type=int, default=d.lockstep.replan, help="lockstep: launch a plan every this many steps")
     p.add_argument("--margin", type=int, default=None,
                    help=f"extra horizon steps (default: lockstep {d.lockstep.margin}, real time {d.leapfrog.margin})")
@@ -330,12 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ControlConfig:
     d = ControlConfig()
+    try:
+        hold_substeps_for(args.latency_ms)
+    except ValueError as e:
+        raise ValueError(f"--latency-ms: {e}") from None
     for name in ("episodes", "max_steps", "sample_steps", "replan", "h_max"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return ControlConfig(
         checkpoint=args.checkpoint, episodes=args.episodes, max_steps=args.max_steps, seed=args.seed, out=args.out,
         realtime=args.realtime, device=args.device, threads=args.threads, video=not args.no_video,
+        latency_ms=args.latency_ms,
         planner=PlannerConfig(sample_steps=args.sample_steps, free_action=args.free_action),
         lockstep=LockstepConfig(delay=args.delay, replan=args.replan,
                                 margin=d.lockstep.margin if args.margin is None else args.margin),

@@ -20,7 +20,7 @@ from dva.pusht.protocol import DEV_SEEDS, MAX_STEPS, SEEDS, evaluate, parse_seed
 
 # Which CLI options become constructor kwargs for each policy (a policy not listed takes none),
 # and which policies never read pixels (their episodes run without rendering).
-POLICY_ARGS = {"dva": ["checkpoint", "device", "free_action"], "bc": ["checkpoint", "execute"]}
+POLICY_ARGS = {"dva": ["checkpoint", "device", "free_action", "delay"], "bc": ["checkpoint", "execute"]}
 PRIVILEGED = {"random", "goal", "expert"}
 
 
@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--policy dva: what conditions the frames it dreams past the committed actions: none (the "
                         "free dream), prev (the previous planned action) or intent (the model's own action head; "
                         "dva.policy.PlannerConfig). Default: the checkpoint's free_action")
+    p.add_argument("--delay", type=int, default=None,
+                   help="--policy dva: steps between the frame a plan is made from and the step it takes over "
+                        "(dva.policy.LockstepConfig; default 1: the plan lands before the next frame). 0 acts on "
+                        "the frame just seen; pair it with --latency-ms, the time the plan takes")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="the policy's inference time within a step, in [0, 100): after each frame the physics keeps "
+                        "tracking the previous target this long (10 ms substeps, rounded up) before the new action "
+                        "lands. 0 (default): actions act from the instant their frame is taken. The JSON's "
+                        "act_ms_p50 is the act() time measured in this run")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")
     p.add_argument("--states-out", type=Path, default=None,
@@ -86,6 +95,9 @@ def main(argv=None) -> int:
     if args.states_every < 1:
         print(f"error: --states-every must be >= 1, got {args.states_every}", file=sys.stderr)
         return 2
+    if args.delay is not None and args.delay < 0:
+        print(f"error: --delay must be >= 0, got {args.delay}", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
@@ -105,7 +117,7 @@ def main(argv=None) -> int:
     try:
         res = evaluate(args.policy, seeds, workers=args.workers, max_steps=args.max_steps,
                        pixels=pixels, progress=not args.quiet, policy_kwargs=kwargs,
-                       keep_states=args.states_out is not None)
+                       keep_states=args.states_out is not None, latency_ms=args.latency_ms)
     except ValueError as e:  # unknown/unloadable policy, bad kwargs
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -124,7 +136,8 @@ def main(argv=None) -> int:
     print(f"{args.policy}: score {res['score']:.3f}  success {res['success']:.0%}  "
           f"({res['n_episodes']} episodes, gym-pusht {res['gym_pusht_version']}, "
           f"mean steps to success {steps if steps is None else f'{steps:.1f}'}, "
-          f"{res['wall_seconds']:.0f} s with {args.workers} workers) -> {args.out}")
+          f"{res['wall_seconds']:.0f} s with {args.workers} workers; latency {args.latency_ms:g} ms, act() "
+          f"measured {res['act_ms_p50']:.1f} ms) -> {args.out}")
     b = res["behaviour"]
     contact = b["mean_first_contact_step"]
     print(f"  behaviour: parked {b['parked']:.0%}, T against a wall {b['t_against_wall']:.0%}, never touched "

@@ -155,19 +155,31 @@ class Leapfrog:
             self.latency.add(seconds)
 
     def delay_steps(self, horizon: int) -> int:
-        """Estimated control steps until a plan of `horizon` frames launched now becomes active."""
+        """Estimated control steps until a plan of `horizon` frames launched now becomes active
+        at a step boundary (rounded up; at least 1)."""
         with self._lock:
             return self._delay_steps(horizon)
 
-    def _delay_steps(self, horizon: int) -> int:
+    def landing_steps(self, horizon: int) -> int:
+        """Whole control steps that pass before a plan of `horizon` frames launched now lands
+        (it takes over within the step after them, dva.control --realtime): the actions it must
+        take as committed. 0 when inference is faster than one step; 1 before any measurement."""
+        with self._lock:
+            est = self._estimate(horizon)
+            return 1 if est is None else math.floor(est / self.cfg.dt)
+
+    def _estimate(self, horizon: int) -> float | None:
         n = min(self._n_lat, self.cfg.window)
         if n == 0:
-            return 1
+            return None
         lat, hs, fixed = self._lat[:n, 0], self._lat[:n, 1], self._lat[:n, 2]
         # Scale each measured plan to `horizon` frames: the dreaming part is linear in frames,
         # the fixed part (observing the real frames that arrived meanwhile) is not.
-        est = float(np.quantile(fixed + (lat - fixed) * horizon / np.maximum(hs, 1), self.cfg.quantile))
-        return max(1, math.ceil(est / self.cfg.dt))
+        return float(np.quantile(fixed + (lat - fixed) * horizon / np.maximum(hs, 1), self.cfg.quantile))
+
+    def _delay_steps(self, horizon: int) -> int:
+        est = self._estimate(horizon)
+        return 1 if est is None else max(1, math.ceil(est / self.cfg.dt))
 
     def horizon(self) -> int:
         """Frames the next plan should predict so the controller never runs out of actions.
@@ -189,6 +201,14 @@ class Leapfrog:
                 if h > self._delay_steps(h):
                     return h
             return c.h_max
+
+    def target(self, step: int) -> np.ndarray | None:
+        """What runs at `step` unless a plan still pending takes over: the active plan's action,
+        else the held target (None before the first action)."""
+        with self._lock:
+            if self.active is not None and self.active.covers(step):
+                return np.array(self.active.action(step), dtype=np.float64)
+            return None if self.last_target is None else self.last_target.copy()
 
     def executed_into(self, step: int) -> np.ndarray | None:
         """The action executed at step - 1 (the one that led into frame `step`), or None when it is

@@ -169,14 +169,19 @@ class DVAPolicy:
     """The protocol's policy interface around a planner: reads only obs['pixels'].
 
     Either give a planner, or a checkpoint and free_action (what `python -m dva.eval --policy dva
-    --checkpoint PATH [--free-action intent]` does through the registry in dva.pusht.policies; default: the packaged checkpoint).
+    --checkpoint PATH [--free-action intent] [--delay 0]` does through the registry in
+    dva.pusht.policies; default: the packaged checkpoint).
     Loaded for the CPU, it uses `threads` torch threads (1: eval runs one process per worker, and
     batch-1 inference on the shared 2-core CPU was many times slower with 2 threads).
     """
 
     def __init__(self, planner: DVAPlanner | None = None, cfg: LockstepConfig | None = None, *,
                  checkpoint: str | Path | None = None, device: str = "auto", threads: int | None = 1,
-                 free_action: str | None = None):
+                 free_action: str | None = None, delay: int | None = None):
+        if delay is not None:  # shorthand for cfg=LockstepConfig(delay=delay) (dva.eval --delay)
+            if cfg is not None:
+                raise ValueError("DVAPolicy: give cfg or delay, not both")
+            cfg = LockstepConfig(delay=delay)
         if planner is None:
             dev = resolve_device(device)
             if dev.type == "cpu" and threads:

@@ -71,6 +71,13 @@ def test_lockstep_real_episode_is_deterministic(tiny_ckpt, env):
     assert 0.0 <= rec["score"] <= 1.0 and rec["success"] == (rec["max_coverage"] > 0.95)
     _, acts3 = run_lockstep(env, policy, seed=100001, max_steps=5)
     assert not np.array_equal(acts[:5], acts3)
+    # an action landing 35 ms into its step: the same first plan, then another trajectory, and
+    # again reproducible
+    late, acts4 = run_lockstep(env, policy, seed=100000, max_steps=20, latency_ms=35)
+    _, acts5 = run_lockstep(env, policy, seed=100000, max_steps=20, latency_ms=35)
+    np.testing.assert_array_equal(acts4, acts5)
+    np.testing.assert_array_equal(acts4[0], acts[0])
+    assert not np.array_equal(acts4, acts) and late["latency_ms_virtual"] == 35
 
 
 def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
@@ -144,6 +151,23 @@ def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
     assert 0.95 < 1.0 / rec["control_hz"] < 1.05  # the env advanced on the 1 s wall clock
 
 
+def test_realtime_plan_takes_over_within_the_step_it_lands_in(tiny_ckpt, env):
+    """Inference faster than a period (2 frames x 0.15 s of a 1 s period): each plan is made from
+    the newest frame, commits to nothing and drives that same step from the substep it lands in;
+    until then the physics tracks the previous target (env.step's hold_substeps)."""
+    base, _ = load_planner(tiny_ckpt, "cpu", PlannerConfig(sample_steps=1))
+    planner = RecordingPlanner(SlowModel(base.model, 0.15), base.idm, "cpu", base.cfg)
+    cfg = LeapfrogConfig(dt=1.0, margin=0, h_init=2, h_min=2, h_max=4)
+    rec, acts = run_realtime(env, planner, cfg, seed=100004, max_steps=8)
+    assert rec["steps"] == 8 and rec["deadline_misses"] == 0, rec
+    late = [p for p in planner.plans[1:]]
+    assert [p.start for p in late] == list(range(1, 8)) and all(p.committed == 0 for p in late)
+    for p in late:  # the step of its own frame executes its first action
+        np.testing.assert_array_equal(acts[p.start], p.actions[0])
+    # it landed ~0.3 s into each 1 s step: 3-4 of 10 substeps held (more under a loaded CPU)
+    assert 2 <= rec["hold_substeps_mean"] < 10, rec
+
+
 def run_cli(*args, timeout=240):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "dva.control", *args], capture_output=True, text=True,
@@ -191,16 +215,23 @@ def test_cli_missing_checkpoint_says_how_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nope.safetensors does not exist" in err and "python -m dva.train" in err
     assert main(["--max-steps", "0"]) == 2 and "--max-steps must be >= 1" in capsys.readouterr().err
+    assert main(["--latency-ms", "100"]) == 2 and "--latency-ms: latency_ms must be in [0, 100)" in capsys.readouterr().err
 
 
 def test_protocol_runs_dva_through_the_eval_registry(tiny_ckpt):
     """`python -m dva.eval --policy dva --checkpoint PATH` builds DVAPolicy(checkpoint=...)."""
     from dva.pusht.protocol import evaluate
 
+    from dva.pusht import protocol
+
     threads = torch.get_num_threads()
     res = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False,
                    policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu"})
+    assert protocol._CACHE["policy"].cfg.delay == 1  # the lockstep default
+    d0 = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False, latency_ms=30,
+                  policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu", "delay": 0})  # dva.eval --delay 0
     torch.set_num_threads(threads)
+    assert protocol._CACHE["policy"].cfg.delay == 0 and d0["latency_ms"] == 30
     assert res["gym_pusht_version"] == "0.1.8" and 0.0 <= res["score"] <= 1.0
     assert len(res["episodes_detail"]) == 1
 
@@ -221,6 +252,7 @@ def test_eval_cli_takes_a_checkpoint_stem(tiny_ckpt, tmp_path, capsys):
     assert json.loads(out.read_text())["episodes"][0]["steps"] == 2
     assert main(["--policy", "dva", "--checkpoint", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+    assert main(["--policy", "dva", "--delay", "-1", "--quiet"]) == 2 and "--delay" in capsys.readouterr().err
 
 
 def test_openloop_scores_plans_against_the_expert(tiny_ckpt, tmp_path, capsys):

@@ -141,6 +141,12 @@ def test_fixed_latency_part_does_not_scale_with_horizon():
     b.record_latency(0.4, 4, fixed_s=0.36)  # mostly observing real frames: 10 ms per frame
     assert a.delay_steps(8) == 8  # 0.8 s
     assert b.delay_steps(8) == 5  # 0.36 + 0.08 = 0.44 s
+    # whole steps before landing (real time takes over within the next): rounded down
+    assert a.landing_steps(8) == 8 and b.landing_steps(8) == 4
+    fast = Leapfrog(cfg)
+    assert fast.landing_steps(2) == 1  # nothing measured yet: assume a step
+    fast.record_latency(0.03, 1)
+    assert fast.landing_steps(2) == 0 and fast.delay_steps(2) == 1  # lands within the step
 
 
 def test_executed_into_is_the_action_of_the_step_before():

@@ -64,6 +64,32 @@ def test_policy_object_is_evaluated_in_process():
         evaluate(p, [1], workers=2)
 
 
+def test_latency_holds_the_previous_target_within_each_step():
+    """evaluate(latency_ms=L): every action lands ceil(L / 10 ms) physics substeps after its frame,
+    exactly PushTEnv.step's hold_substeps; act() is timed per episode."""
+    from dva.pusht.env import PushTEnv
+
+    class Zigzag:
+        def reset(self, seed):
+            self.k = 0
+
+        def act(self, obs):
+            self.k += 1
+            return np.array([100.0, 400.0]) if self.k % 3 else np.array([400.0, 120.0])
+
+    r = evaluate(Zigzag(), [100003], max_steps=12, progress=False, keep_states=True, latency_ms=35)
+    env, pol = PushTEnv(pixels=False), Zigzag()
+    env.reset(100003), pol.reset(100003)
+    want = [env.step(pol.act(None), 4)[0]["state"] for _ in range(12)]
+    assert np.array_equal(r["results"][0].states[1:], np.array(want))
+    r0 = evaluate(Zigzag(), [100003], max_steps=12, progress=False, keep_states=True)
+    assert not np.array_equal(r0["results"][0].states, r["results"][0].states)
+    assert r["latency_ms"] == 35 and r0["latency_ms"] == 0
+    assert r["act_ms_p50"] >= 0 and r["episodes_detail"][0]["act_ms"] >= 0
+    with pytest.raises(ValueError, match="latency_ms"):
+        evaluate("random", [1], latency_ms=120, progress=False)
+
+
 def test_eval_cli_writes_json(tmp_path, capsys):
     from dva.eval import main
 

@@ -2,18 +2,22 @@
 import numpy as np
 import pytest
 
-from dva.pusht.env import PushTEnv
+from dva.pusht.env import SUBSTEPS, PushTEnv, hold_substeps_for
 from dva.pusht.vector import VectorPushTEnv
 
 
-def _rollout(env, seed, n=60):
+def _rollout(env, seed, n=60, hold=0):
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed)
     out = [obs]
     for _ in range(n):
-        obs, *_ = env.step(rng.uniform(0, 512, 2))
+        obs, *_ = env.step(rng.uniform(0, 512, 2), hold)
         out.append(obs)
     return out
+
+
+def _states(traj):
+    return np.array([o["state"] for o in traj])
 
 
 def test_obs_contract():
@@ -28,6 +32,35 @@ def test_state_only_step_is_the_gym_step():
     for x, y in zip(a, b):
         assert np.array_equal(x["state"], y["state"]) and np.array_equal(x["agent_vel"], y["agent_vel"])
     assert "pixels" not in b[0]
+
+
+def test_held_substeps_track_the_previous_target():
+    """A late action (hold_substeps): the physics tracks the previous step's target first."""
+    e = PushTEnv(pixels=False)
+    assert SUBSTEPS == int(1 / (e.gym_env.dt * e.gym_env.control_hz))  # gym-pusht's own count
+    # holding all 10 substeps is executing every action one step late (the first step: rest)
+    rng = np.random.default_rng(5)
+    acts = rng.uniform(0, 512, (30, 2))
+    e.reset(5)
+    late = [e.step(a, SUBSTEPS)[0]["state"] for a in acts]
+    e.reset(5)
+    start = e.state[:2].copy()
+    shifted = [e.step(a)[0]["state"] for a in [start, *acts[:-1]]]
+    assert np.array_equal(np.array(late), np.array(shifted))
+    # partial holds lie between: each differs from both ends, and more hold drifts further
+    ref = _states(_rollout(PushTEnv(pixels=False), 9))
+    err = [np.abs(_states(_rollout(PushTEnv(pixels=False), 9, hold=h))[:, :2] - ref[:, :2]).max(axis=1).mean()
+           for h in (0, 1, 4, SUBSTEPS)]
+    assert err[0] == 0 and 0 < err[1] < err[2] < err[3]
+    # the pixel env holds the same way (its own loop then, not gym-pusht's step)
+    a, b = _rollout(PushTEnv(pixels=True), 9, n=20, hold=4), _rollout(PushTEnv(pixels=False), 9, n=20, hold=4)
+    assert np.array_equal(_states(a), _states(b))
+    # latency -> substeps: rounded up to the 10 ms substep, a whole step refused
+    assert [hold_substeps_for(ms) for ms in (0, 0.5, 10, 10.1, 31, 99.9)] == [0, 1, 1, 2, 4, 10]
+    with pytest.raises(ValueError, match="latency_ms"):
+        hold_substeps_for(100)
+    with pytest.raises(ValueError, match="hold_substeps"):
+        e.step([1.0, 2.0], 11)
 
 
 def test_reset_to_state_reproduces_state_and_pixels():

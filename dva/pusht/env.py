@@ -12,6 +12,7 @@ centre of gravity is offset, so gym-pusht's own legacy order lands on a differen
 from __future__ import annotations
 
 import gc
+import math
 import warnings
 
 import numpy as np
@@ -31,6 +32,16 @@ CONTROL_HZ = 10
 # runs one rarely: measured +0.4 MiB RSS per episode over 100 episodes (docs/control.md). A full
 # collection every GC_EVERY resets (~60 ms each on the 2-core CPU) keeps long runs flat.
 GC_EVERY = 16
+SUBSTEPS = 10  # gym-pusht's physics substeps per control step (dt 0.01 s at 10 Hz)
+
+
+def hold_substeps_for(latency_ms: float) -> int:
+    """Physics substeps (10 ms each) a target computed from the step's first frame arrives too
+    late for: a controller with this inference latency holds the previous target that long.
+    A latency of a whole step or more is the policy's business (leapfrog's delay), not this."""
+    if not 0 <= latency_ms < 1000 / CONTROL_HZ:
+        raise ValueError(f"latency_ms must be in [0, {1000 / CONTROL_HZ:.0f}) ms, got {latency_ms}")
+    return math.ceil(latency_ms * SUBSTEPS * CONTROL_HZ / 1000 - 1e-9)
 
 
 def gym_pusht_version() -> str:
@@ -52,6 +63,7 @@ class PushTEnv:
                               observation_width=size, observation_height=size)
         self._env.reset(seed=0)  # builds the space; reset() rebuilds it anyway
         self._resets = 0
+        self._target = np.array(self._env.agent.position, dtype=np.float64)  # last step's target
 
     # ---------------------------------------------------------------- privileged access
     @property
@@ -82,6 +94,7 @@ class PushTEnv:
     def reset(self, seed: int) -> tuple[dict, dict]:
         """gym-pusht's seeded random start (its own RNG, so seeds match the protocol's)."""
         self._rebuild(int(seed))
+        self._target = np.array(self._env.agent.position, dtype=np.float64)  # the pointer rests on the disc
         return self.obs(), self._info()
 
     def reset_to_state(self, state, agent_vel=None) -> tuple[dict, dict]:
@@ -103,6 +116,7 @@ class PushTEnv:
             if v.shape != (2,) or not np.isfinite(v).all():
                 raise ValueError(f"reset_to_state: agent_vel must be 2 finite floats, got {v!r}")
             e.agent.velocity = v.tolist()
+        self._target = state[:2].copy()
         return self.obs(), self._info()
 
     def _rebuild(self, seed: int) -> None:
@@ -111,29 +125,40 @@ class PushTEnv:
             gc.collect()  # frees the spaces of earlier episodes (see GC_EVERY)
         self._env.reset(seed=seed)
 
-    def step(self, action) -> tuple[dict, float, bool, bool, dict]:
+    def step(self, action, hold_substeps: int = 0, held=None) -> tuple[dict, float, bool, bool, dict]:
         """One 0.1 s control step toward pointer target `action` (2,) in [0, 512] pixels.
 
-        Returns (obs, reward, terminated, truncated, info); info has "coverage" and "is_success".
-        terminated is gym-pusht's (coverage > 0.95); truncation is left to the caller.
+        hold_substeps: the first this many of the step's SUBSTEPS physics substeps (10 ms each)
+        still track target `held` (default: the previous step's target; at the start of an
+        episode the disc's own position), the rest `action`: a controller whose new target lands
+        that late after the frame it was computed from (its inference latency,
+        `hold_substeps_for`). 0 is gym-pusht's own step. Returns (obs, reward, terminated, truncated, info); info has "coverage" and
+        "is_success". terminated is gym-pusht's (coverage > 0.95); truncation is left to the caller.
         """
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (2,) or not np.isfinite(a).all():
             raise ValueError(f"step: action must be 2 finite floats, got {action!r}")
+        if not 0 <= hold_substeps <= SUBSTEPS:
+            raise ValueError(f"step: hold_substeps must be in 0..{SUBSTEPS}, got {hold_substeps}")
         e = self._env
-        if self.pixels:  # the real gym-pusht step (it renders the pixels obs)
+        held = self._target if held is None else np.asarray(held, dtype=np.float64)
+        if held.shape != (2,) or not np.isfinite(held).all():
+            raise ValueError(f"step: held must be 2 finite floats, got {held!r}")
+        self._target = a.copy()
+        if self.pixels and hold_substeps == 0:  # the real gym-pusht step (it renders the pixels obs)
             g_obs, reward, terminated, _, g_info = e.step(a)
             info = {"coverage": float(g_info["coverage"]), "is_success": bool(g_info["is_success"])}
             obs = {"state": self.state, "agent_vel": self.agent_vel, "pixels": g_obs["pixels"]}
             return obs, float(reward), bool(terminated), False, info
-        # gym-pusht's step renders unconditionally; this is its physics loop without the render
-        # (same float operations: tests check trajectories are identical).
+        # gym-pusht's physics loop (same float operations: tests check the trajectories are
+        # identical), without its render unless pixels are wanted, in two parts when held
         e.n_contact_points = 0
         e._last_action = a
-        for _ in range(int(1 / (e.dt * e.control_hz))):
-            acc = e.k_p * (a - np.asarray(e.agent.position)) + e.k_v * (0.0 - np.asarray(e.agent.velocity))
-            e.agent.velocity += acc * e.dt
-            e.space.step(e.dt)
+        for target, n in ((held, hold_substeps), (a, SUBSTEPS - hold_substeps)):
+            for _ in range(n):
+                acc = e.k_p * (target - np.asarray(e.agent.position)) + e.k_v * (0.0 - np.asarray(e.agent.velocity))
+                e.agent.velocity += acc * e.dt
+                e.space.step(e.dt)
         info = self._info()
         reward = float(np.clip(info["coverage"] / SUCCESS_COVERAGE, 0.0, 1.0))
         return self.obs(), reward, bool(info["is_success"]), False, info

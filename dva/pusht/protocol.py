@@ -1,6 +1,9 @@
 """The evaluation protocol (DESIGN.md section 4), in code.
 
 50 episodes on env seeds 100000..100049, at most 300 steps at 10 Hz, 96x96 observations.
+latency_ms models the policy's inference time within a step: the physics keeps tracking the
+previous target for that long after each frame (PushTEnv.step's hold_substeps); 0 is the
+classic lockstep where an action acts from the instant its frame is taken.
 score = mean over episodes of max_t clip(coverage_t / 0.95, 0, 1); success = fraction of
 episodes whose coverage exceeds 0.95. An episode ends at success (gym-pusht terminates there).
 """
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dva.pusht.env import SUCCESS_COVERAGE, PushTEnv, gym_pusht_version
+from dva.pusht.env import SUCCESS_COVERAGE, PushTEnv, gym_pusht_version, hold_substeps_for
 from dva.pusht.sim import outline_world, vertex_error
 
 SEEDS = tuple(range(100000, 100050))
@@ -99,20 +102,23 @@ class EpisodeResult:
     success: bool
     seconds: float
     behaviour: dict
+    act_ms: float  # median wall time of the policy's act() per step (what latency_ms models)
     states: np.ndarray | None = None  # (T+1, 5) and (T+1, 2): the states visited (evaluate(keep_states=True))
     agent_vel: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         return {"seed": self.seed, "max_coverage": self.max_coverage, "steps": self.steps,
                 "success": self.success, "score": episode_score(self.max_coverage),
-                "seconds": round(self.seconds, 3), **self.behaviour}
+                "seconds": round(self.seconds, 3), "act_ms": round(self.act_ms, 2), **self.behaviour}
 
 
 def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int = MAX_STEPS,
-                record: bool = False, start=None):
+                record: bool = False, start=None, latency_ms: float = 0.0):
     """Run one protocol episode; with record=True also return the trajectory arrays. start:
-    (state (5,), agent_vel (2,)) to begin from instead of the seed's random start (recovery data)."""
+    (state (5,), agent_vel (2,)) to begin from instead of the seed's random start (recovery data).
+    latency_ms: each action lands that long after its frame (see the module docstring)."""
     env = env or PushTEnv(pixels=True)
+    hold = hold_substeps_for(latency_ms)
     t0 = time.perf_counter()
     obs, info = env.reset(seed)
     if start is not None:
@@ -121,10 +127,12 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
     covs, states, vels = [], [obs["state"]], [obs["agent_vel"]]
     traj = {"states": states, "agent_vel": vels, "actions": [],
             "coverage": [info["coverage"]], "frames": [obs.get("pixels")]} if record else None
-    steps = 0
+    steps, act_s = 0, []
     for steps in range(1, max_steps + 1):
+        t = time.perf_counter()
         action = np.asarray(policy.act(obs), dtype=np.float64).reshape(2)
-        obs, _, terminated, _, info = env.step(action)
+        act_s.append(time.perf_counter() - t)
+        obs, _, terminated, _, info = env.step(action, hold)
         covs.append(info["coverage"])
         states.append(obs["state"]), vels.append(obs["agent_vel"])
         if record:
@@ -133,20 +141,21 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         if terminated:
             break
     res = EpisodeResult(int(seed), float(max(covs)), steps, bool(max(covs) > SUCCESS_COVERAGE),
-                        time.perf_counter() - t0, episode_behaviour(states), np.asarray(states), np.asarray(vels))
+                        time.perf_counter() - t0, episode_behaviour(states), 1e3 * float(np.median(act_s)),
+                        np.asarray(states), np.asarray(vels))
     return (res, traj) if record else res
 
 
 def _worker_episode(args):
     """Pool task: build the policy by registry name in this process, run one seed."""
-    name, kwargs, seed, max_steps, pixels, keep_states = args
+    name, kwargs, seed, max_steps, pixels, keep_states, latency_ms = args
     from dva.pusht.policies import make_policy
 
     global _CACHE
     key = (name, tuple(sorted(kwargs.items())), pixels)
     if _CACHE.get("key") != key:
         _CACHE = {"key": key, "policy": make_policy(name, **kwargs), "env": PushTEnv(pixels=pixels)}
-    res = run_episode(_CACHE["policy"], seed, _CACHE["env"], max_steps)
+    res = run_episode(_CACHE["policy"], seed, _CACHE["env"], max_steps, latency_ms=latency_ms)
     if not keep_states:  # (not sent back across the process boundary)
         res.states = res.agent_vel = None
     return res
@@ -157,22 +166,25 @@ _CACHE: dict = {}
 
 def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
              pixels: bool = True, progress: bool = True, policy_kwargs: dict | None = None,
-             keep_states: bool = False) -> dict:
+             keep_states: bool = False, latency_ms: float = 0.0) -> dict:
     """Evaluate a policy on the protocol.
 
     policy: a registry name (dva.pusht.policies.POLICIES; any number of worker processes) or a
     policy object (runs in this process; workers must be 1). pixels=False skips rendering for
     privileged policies that never read obs["pixels"] (same physics, much faster). keep_states:
     the summary's "results" holds the EpisodeResults with the states each episode visited.
+    latency_ms: every action lands that long after its frame (run_episode); the summary's
+    act_ms_p50 is the median act() time measured, to set it by.
     """
     from tqdm import tqdm
 
     seeds = [int(s) for s in seeds]
+    hold_substeps_for(latency_ms)  # a bad latency fails here, not in a worker
     t0 = time.perf_counter()
     bar = tqdm(total=len(seeds), desc="eval", unit="ep", disable=not progress)
     results = []
     if isinstance(policy, str):
-        tasks = [(policy, policy_kwargs or {}, s, max_steps, pixels, keep_states) for s in seeds]
+        tasks = [(policy, policy_kwargs or {}, s, max_steps, pixels, keep_states, latency_ms) for s in seeds]
         if workers <= 1:
             for t in tasks:
                 results.append(_worker_episode(t))
@@ -189,7 +201,7 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
             raise ValueError("evaluate: a policy object runs in-process; pass a registry name for workers > 1")
         env = PushTEnv(pixels=pixels)
         for s in seeds:
-            results.append(run_episode(policy, s, env, max_steps))
+            results.append(run_episode(policy, s, env, max_steps, latency_ms=latency_ms))
             bar.update()
     bar.close()
     summary = summarize([r.max_coverage for r in results])
@@ -197,6 +209,8 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
     summary.update({
         "gym_pusht_version": gym_pusht_version(),
         "max_steps": max_steps,
+        "latency_ms": float(latency_ms),
+        "act_ms_p50": float(np.median([r.act_ms for r in results])),
         "mean_steps_to_success": float(np.mean(succ_steps)) if succ_steps else None,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "workers": workers,
