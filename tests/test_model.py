@@ -518,6 +518,18 @@ def test_rigid_layers_fit_one_rotation_and_shift_per_layer():
         preset("tiny", warp=True, warp_layers=4, body_masks=0.1)  # the labels are 3 bodies
 
 
+def test_rigid_layers_hard_masks_are_the_argmax_one_hot():
+    """RigidLayers._hard (the fast form) against one_hot(argmax): ties go to the first layer."""
+    from dva.model.unet import RigidLayers
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 3, 96, 96), (2, 2, 48, 48), (3, 5, 7, 9)]:
+        x = torch.randn(shape, generator=g).round()  # many exact ties
+        x[0, :, :3] = 0.0  # every layer tied
+        ref = torch.nn.functional.one_hot(x.argmax(1), shape[1]).permute(0, 3, 1, 2).float()
+        assert torch.equal(RigidLayers._hard(x), ref)
+
+
 @pytest.mark.parametrize("layers", [0, 3])
 def test_validate_reads_either_warp_head_in_pixels(layers):
     """validate's warp stats hook the dense head (raw output x FLOW_GAIN) or the rigid layers

@@ -213,7 +213,10 @@ class RigidLayers(nn.Module):
 
     @staticmethod
     def _hard(logits):
-        return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+        """One-hot of the argmax over dim 1, ties to the first layer. (argmax over a strided dim
+        + one_hot took 3.0 ms for (1, 3, 96, 96) on one CPU core, 10% of a plan; this 0.3 ms.)"""
+        hit = logits == logits.amax(1, keepdim=True)
+        return (hit & (hit.cumsum(1) == 1)).to(logits.dtype)
 
     @classmethod
     def _one_hot(cls, logits):
