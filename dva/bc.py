@@ -8,6 +8,7 @@ docs/policy.md). No video model, no IDM: the comparison that says whether
 the DVA learns more per demonstration than plain BC (issue 21, docs/policy.md).
 
     python -m dva.bc --data data/expert --steps 7000 --out runs/bc        # train (resumes)
+    python -m dva.bc --data data/expert:0.35 data/approach:0.15 data/recovery_pkg:0.5 ...  # a mix
     python -m dva.eval --policy bc --checkpoint runs/bc/bc --seeds dev   # closed loop
 
 Training is deterministic by step (batch and augmentation from a generator seeded by
@@ -80,32 +81,71 @@ def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tenso
 
 
 class BCData:
-    """Every expert frame rendered once (uint8, in memory) with the index of its predecessor and
-    its next `chunk` actions (the last action repeated past an episode's end)."""
+    """Every frame of the datasets rendered once (uint8, in memory) with the index of its
+    predecessor and its next `chunk` actions (the last action repeated past an episode's end).
 
-    def __init__(self, root, chunk: int, progress: bool = True):
+    sources: a dataset folder, or (folder, weight) pairs: a batch draws each sample's source by
+    weight (the DVA trainer's --mix, one phase), then a frame of it uniformly."""
+
+    def __init__(self, sources, chunk: int, progress: bool = True):
         from dva.data.store import load_dataset
         from dva.pusht.render import render_frames
 
-        ds = load_dataset(root, progress=progress, frames=False)
-        states = torch.from_numpy(ds.states)
-        self.frames = render_frames(states)  # (N, 96, 96, 3) uint8 (it chunks on the CPU itself)
-        cur, prev, acts = [], [], []
-        for i in range(len(ds.steps)):
-            s, a, T = int(ds.state_start[i]), int(ds.action_start[i]), int(ds.steps[i])
-            t = np.arange(T)  # frames with an action after them (not the episode's last)
-            cur.append(s + t)
-            prev.append(s + np.maximum(t - 1, 0))  # the first frame is its own predecessor, as at reset
-            acts.append(ds.actions[a + np.minimum(t[:, None] + np.arange(chunk), T - 1)])
+        if isinstance(sources, (str, Path)):
+            sources = [(sources, 1.0)]
+        frames, cur, prev, acts, self.sizes = [], [], [], [], []
+        base = 0
+        for root, _ in sources:
+            ds = load_dataset(root, progress=progress, frames=False)
+            frames.append(render_frames(torch.from_numpy(ds.states)))  # (N, 96, 96, 3) uint8 (chunked on the CPU)
+            n0 = len(cur)
+            for i in range(len(ds.steps)):
+                s, a, T = int(ds.state_start[i]) + base, int(ds.action_start[i]), int(ds.steps[i])
+                t = np.arange(T)  # frames with an action after them (not the episode's last)
+                cur.append(s + t)
+                prev.append(s + np.maximum(t - 1, 0))  # the first frame is its own predecessor, as at reset
+                acts.append(ds.actions[a + np.minimum(t[:, None] + np.arange(chunk), T - 1)])
+            self.sizes.append(int(sum(len(c) for c in cur[n0:])))
+            base += len(frames[-1])
+        self.frames = frames[0] if len(frames) == 1 else torch.cat(frames)
         self.cur, self.prev = torch.from_numpy(np.concatenate(cur)), torch.from_numpy(np.concatenate(prev))
         self.actions = torch.from_numpy(np.concatenate(acts)).float() / ACTION_SCALE - 1.0  # (M, chunk, 2)
+        self.weights = torch.tensor([float(w) for _, w in sources], dtype=torch.float64)
+        self.starts = torch.tensor(np.cumsum([0] + self.sizes[:-1]))
 
     def __len__(self) -> int:
         return len(self.cur)
 
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n sample indices: uniform with one source, else the source by weight, then uniform in it."""
+        if len(self.sizes) == 1:
+            return torch.randint(0, len(self), (n,), generator=gen)
+        src = torch.multinomial(self.weights, n, replacement=True, generator=gen)
+        u = torch.rand(n, generator=gen, dtype=torch.float64)
+        return self.starts[src] + (u * torch.tensor(self.sizes)[src]).long()
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frames = torch.stack([self.frames[self.prev[idx]], self.frames[self.cur[idx]]], 1)
         return BCNet.to_input(frames), self.actions[idx]
+
+
+def parse_data(items) -> list[tuple[Path, float]]:
+    """--data items 'DIR' or 'DIR:WEIGHT' -> [(dir, weight)]; names the bad item."""
+    out = []
+    for it in items:
+        path, sep, w = str(it).rpartition(":")
+        if not sep:
+            path, w = str(it), "1"
+        try:
+            weight = float(w)
+        except ValueError:
+            raise ValueError(f"--data {it!r}: expected DIR or DIR:WEIGHT") from None
+        if not weight > 0:
+            raise ValueError(f"--data {it!r}: the weight must be > 0")
+        if not Path(path).is_dir():
+            raise ValueError(f"--data {it!r}: directory {path} does not exist")
+        out.append((Path(path), weight))
+    return out
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
@@ -145,14 +185,16 @@ def train(args) -> int:
         ckpt.load_into(net, ckpt.section(tensors, "model"), str(out))
         ckpt.load_optimizer(opt, tensors, out)
         step, seconds, log, (loss_sum, n) = meta["step"], meta["seconds"], meta["log"], meta["window"]
-    data = BCData(args.data, cfg.chunk)
-    print(f"[dva.bc] {len(data)} samples from {args.data}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
+    sources = parse_data(args.data)
+    data = BCData(sources, cfg.chunk)
+    names = ", ".join(f"{d} ({n} x {w:g})" for (d, w), n in zip(sources, data.sizes))
+    print(f"[dva.bc] {len(data)} samples from {names}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
           f"parameters, batch {args.batch}, {args.steps} steps", flush=True)
 
     def checkpoint():
         ckpt.save(out, {**{f"model.{k}": v for k, v in net.state_dict().items()}, **ckpt.optimizer_tensors(opt)},
                   {"config": dataclasses.asdict(cfg), "step": step, "seconds": seconds, "log": log,
-                   "window": [loss_sum, n], "data": str(args.data)})
+                   "window": [loss_sum, n], "data": [f"{d}:{w:g}" for d, w in sources]})
 
     pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
     last_save = time.perf_counter()
@@ -160,7 +202,7 @@ def train(args) -> int:
         while step < args.steps:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-            x, y = data.batch(torch.randint(0, len(data), (args.batch,), generator=gen))
+            x, y = data.batch(data.sample(args.batch, gen))
             x = random_shift(x, cfg.shift, gen).contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr)
@@ -231,7 +273,9 @@ class BCPolicy:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dva.bc", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("data/expert"), help="expert dataset (dva.collect)")
+    p.add_argument("--data", nargs="+", default=["data/expert"],
+                   help="datasets (dva.collect), each DIR or DIR:WEIGHT: a sample's source is drawn by weight "
+                        "(e.g. data/expert:0.35 data/approach:0.15 data/recovery_pkg:0.5, the mix the DVA trained on)")
     p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc is resumed if present")
     p.add_argument("--steps", type=int, default=7000, help="optimizer steps (cosine LR to zero at the last)")
     p.add_argument("--batch", type=int, default=64)

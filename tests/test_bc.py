@@ -35,6 +35,30 @@ def test_samples_pair_each_frame_with_its_predecessor_and_next_actions(data):
     assert torch.equal(x[0, 3:], frames[1].permute(2, 0, 1).float() / 255 - 0.5)  # current frame last
 
 
+def test_sources_are_drawn_by_weight_and_keep_their_own_frames(data, tmp_path, capsys):
+    """BCData over (dir, weight) pairs (python -m dva.bc --data A:W B:W): indices stay inside each
+    source's frames and episodes, and a batch's sources follow the weights."""
+    other = tmp_path / "recovery"
+    make_dataset(other, [4, 2], seed0=50)
+    d = BCData([(data, 1.0), (other, 3.0)], chunk=4, progress=False)
+    assert d.sizes == [14, 6] and len(d) == 20
+    ds2 = load_dataset(other, frames=False)
+    j = 14 + 4  # the other source's second episode, t = 0: its own predecessor, its own frame
+    assert d.cur[j] == d.prev[j] == len(load_dataset(data, frames=False).states) + ds2.state_start[1]
+    x, _ = d.batch(torch.tensor([j]))
+    want = render_frames(torch.from_numpy(ds2.states[[ds2.state_start[1]]]))[0]
+    assert torch.equal(x[0, 3:], want.permute(2, 0, 1).float() / 255 - 0.5)
+    idx = d.sample(4000, torch.Generator().manual_seed(0))
+    assert 0 <= idx.min() and idx.max() < 20
+    assert abs((idx >= 14).float().mean().item() - 0.75) < 0.03  # weight 3 of 4
+    assert main(["--data", str(data), f"{other}:x", "--out", str(tmp_path / "r"), *SMALL]) == 2
+    assert "expected DIR or DIR:WEIGHT" in capsys.readouterr().err
+    assert main(["--data", f"{tmp_path / 'nope'}:2", "--out", str(tmp_path / "r"), *SMALL]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--data", str(data), f"{other}:3", "--steps", "2", "--out", str(tmp_path / "r"), *SMALL]) == 0
+    assert read(tmp_path / "r" / "bc")[1]["data"] == [f"{data}:1", f"{other}:3"]
+
+
 def test_random_shift_translates_every_channel_together():
     x = torch.randn(3, 6, 10, 12)
     out = random_shift(x, 2, torch.Generator().manual_seed(0))
