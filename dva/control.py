@@ -3,10 +3,10 @@
 Two modes, both reporting control rate, inference latency p50/p99, deadline misses and the action
 jump at plan boundaries:
 
-- lockstep (default; reproducible): the environment waits for inference. A plan launched at
-  step t takes over at step t + delay (LockstepConfig), after `--latency-ms` within that step
-  (the physics tracks the previous target until then, as `dva.eval --latency-ms`). Same seed,
-  same actions.
+- lockstep (default; reproducible): the environment waits for inference. A plan made from the
+  frame of step t takes over at step t + delay (LockstepConfig; default 0), with delay 0
+  `--latency-ms` into that step (the physics tracks the previous target until then, as
+  `dva.eval` does). Same seed, same actions.
 - `--realtime`: the environment advances at 10 Hz wall clock in this (main) thread while an
   inference thread plans on the newest real frames (torch releases the GIL). A plan takes over
   the moment it lands, within the step: the physics tracks the previous target for the 10 ms
@@ -62,10 +62,10 @@ def _episode_record(seed: int, coverages: list[float], steps: int, wall_s: float
 
 # --- lockstep ----------------------------------------------------------------------------------
 def run_lockstep(env, policy: DVAPolicy, seed: int, max_steps: int, video: ControlVideo | None = None,
-                 bar: tqdm | None = None, latency_ms: float = 0.0) -> tuple[dict, np.ndarray]:
-    """One episode, the env waiting for inference; each action lands `latency_ms` into its step.
-    Returns (record, executed actions (T, 2))."""
-    hold = hold_substeps_for(latency_ms)
+                 bar: tqdm | None = None) -> tuple[dict, np.ndarray]:
+    """One episode, the env waiting for inference; each action lands policy.latency_ms into its
+    step. Returns (record, executed actions (T, 2))."""
+    hold = hold_substeps_for(policy.latency_ms)
     policy.reset(seed)
     obs, _ = env.reset(seed)
     coverages, actions = [], []
@@ -84,7 +84,7 @@ def run_lockstep(env, policy: DVAPolicy, seed: int, max_steps: int, video: Contr
             break
     wall = time.perf_counter() - t0
     rec = _episode_record(seed, coverages, len(actions), wall, policy.leap,
-                          {"mode": "lockstep", "latency_ms_virtual": latency_ms})
+                          {"mode": "lockstep", "lands_ms_into_step": policy.latency_ms})
     return rec, np.asarray(actions).reshape(-1, 2)
 
 
@@ -244,7 +244,6 @@ class ControlConfig:
     video: bool = True
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     lockstep: LockstepConfig = field(default_factory=LockstepConfig)
-    latency_ms: float = 0.0  # lockstep: when in its step each action lands (env physics)
     leapfrog: LeapfrogConfig = field(default_factory=LeapfrogConfig)
 
 
@@ -285,7 +284,7 @@ def run(cfg: ControlConfig) -> dict:
                 if cfg.realtime:
                     rec, _ = run_realtime(env, planner, cfg.leapfrog, seed, cfg.max_steps, video, bar)
                 else:
-                    rec, _ = run_lockstep(env, policy, seed, cfg.max_steps, video, bar, cfg.latency_ms)
+                    rec, _ = run_lockstep(env, policy, seed, cfg.max_steps, video, bar)
             except BaseException:
                 if video is not None:
                     video.abort()
@@ -355,10 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "action, or intent (the action the model's own head reads off the context); default: the "
                         "checkpoint's free_action")
     p.add_argument("--delay", type=int, default=d.lockstep.delay,
-                   help="lockstep: steps between a plan's frame and the step it takes over (1 = real time on a fast device)")
-    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
-                   help="lockstep: each action lands this long into its step, in [0, 100) (the physics tracks the "
-                        "previous target until then; real time measures it instead)")
+                   help="lockstep: steps between a plan's frame and the step it takes over (0: within that step, "
+                        "--latency-ms into it; 1: at the next frame)")
+    p.add_argument("--latency-ms", type=float, default=d.lockstep.latency_ms,
+                   help="lockstep, delay 0: each action lands this long into its step, in [0, 100) (the physics "
+                        "tracks the previous target until then); the default is the package's plan time on one "
+                        "core of a 2-core Xeon. Real time measures it instead")
     p.add_argument("--replan", type=int, default=d.lockstep.replan, help="lockstep: launch a plan every this many steps")
     p.add_argument("--margin", type=int, default=None,
                    help=f"extra horizon steps (default: lockstep {d.lockstep.margin}, real time {d.leapfrog.margin})")
@@ -368,19 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ControlConfig:
     d = ControlConfig()
-    try:
-        hold_substeps_for(args.latency_ms)
-    except ValueError as e:
-        raise ValueError(f"--latency-ms: {e}") from None
+    if not 0 <= args.latency_ms < 100:
+        raise ValueError(f"--latency-ms must be in [0, 100) ms (a longer wait is a --delay), got {args.latency_ms}")
     for name in ("episodes", "max_steps", "sample_steps", "replan", "h_max"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return ControlConfig(
         checkpoint=args.checkpoint, episodes=args.episodes, max_steps=args.max_steps, seed=args.seed, out=args.out,
         realtime=args.realtime, device=args.device, threads=args.threads, video=not args.no_video,
-        latency_ms=args.latency_ms,
         planner=PlannerConfig(sample_steps=args.sample_steps, free_action=args.free_action),
-        lockstep=LockstepConfig(delay=args.delay, replan=args.replan,
+        lockstep=LockstepConfig(delay=args.delay, replan=args.replan, latency_ms=args.latency_ms,
                                 margin=d.lockstep.margin if args.margin is None else args.margin),
         leapfrog=LeapfrogConfig(margin=d.leapfrog.margin if args.margin is None else args.margin,
                                 h_max=args.h_max, h_init=min(d.leapfrog.h_init, args.h_max)),

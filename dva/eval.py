@@ -48,12 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "dva.policy.PlannerConfig). Default: the checkpoint's free_action")
     p.add_argument("--delay", type=int, default=None,
                    help="--policy dva: steps between the frame a plan is made from and the step it takes over "
-                        "(dva.policy.LockstepConfig; default 1: the plan lands before the next frame). 0 acts on "
-                        "the frame just seen; pair it with --latency-ms, the time the plan takes")
-    p.add_argument("--latency-ms", type=float, default=0.0,
-                   help="the policy's inference time within a step, in [0, 100): after each frame the physics keeps "
-                        "tracking the previous target this long (10 ms substeps, rounded up) before the new action "
-                        "lands. 0 (default): actions act from the instant their frame is taken. The JSON's "
+                        "(dva.policy.LockstepConfig; default 0: it acts on the frame just seen, --latency-ms into "
+                        "the step). 1 waits for the next frame")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help="when in each step a policy's action lands, in [0, 100) ms: until then the physics keeps "
+                        "tracking the previous target (10 ms substeps, rounded up). Default: the policy's own "
+                        "measured figure (dva at delay 0: 32, bc: 3, the privileged policies: 0). The JSON's "
                         "act_ms_p50 is the act() time measured in this run")
     p.add_argument("--render", action="store_true",
                    help="render pixels for privileged policies too (they never read them; slower)")
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     print(f"{args.policy}: score {res['score']:.3f}  success {res['success']:.0%}  "
           f"({res['n_episodes']} episodes, gym-pusht {res['gym_pusht_version']}, "
           f"mean steps to success {steps if steps is None else f'{steps:.1f}'}, "
-          f"{res['wall_seconds']:.0f} s with {args.workers} workers; latency {args.latency_ms:g} ms, act() "
+          f"{res['wall_seconds']:.0f} s with {args.workers} workers; actions land {res['latency_ms']:g} ms into "
+          f"their step, act() "
           f"measured {res['act_ms_p50']:.1f} ms) -> {args.out}")
     b = res["behaviour"]
     contact = b["mean_first_contact_step"]

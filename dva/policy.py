@@ -145,20 +145,32 @@ class DVAPlanner:
                     latency_s=time.perf_counter() - t0)
 
 
+# How long a plan of the packaged model takes on one core of the 2-core Intel Xeon (delay 0: one
+# frame dreamed and read): act() p50 28-31 ms, p90 31.5 ms (the eval JSONs' act_ms_p50,
+# docs/policy.md). A faster device lands sooner; set LockstepConfig.latency_ms to what it measures.
+PLAN_LATENCY_MS = 32.0
+
+
 @dataclass
 class LockstepConfig:
-    """Lockstep leapfrog: a plan launched at step t takes over at step t + delay; plans are
-    launched every `replan` steps and cover delay + replan + margin steps, so the controller
-    never runs out. delay=1, replan=1 is what real time does whenever inference is faster than
-    the 0.1 s control period (every plan lands before the next frame)."""
+    """Lockstep leapfrog: a plan made from the frame of step t takes over at step t + delay;
+    plans are launched every `replan` steps and cover delay + replan + margin steps, so the
+    controller never runs out. delay=0 acts on the frame just seen, `latency_ms` into that step
+    (until then the physics tracks the previous target: the env's hold_substeps), which is what
+    `dva.control --realtime` does whenever inference is faster than a step. delay=1 waits for the
+    next frame instead (the latency is then hidden in the step before)."""
 
-    delay: int = 1
+    delay: int = 0
     replan: int = 1
     margin: int = 0
+    latency_ms: float = PLAN_LATENCY_MS
 
     def __post_init__(self):
         if self.delay < 0 or self.replan < 1 or self.margin < 0:
             raise ValueError(f"LockstepConfig needs delay >= 0, replan >= 1, margin >= 0, got {self}")
+        if not 0 <= self.latency_ms < 100:
+            raise ValueError(f"LockstepConfig.latency_ms must be in [0, 100) ms (a longer wait is a delay), "
+                             f"got {self.latency_ms}")
 
     @property
     def horizon(self) -> int:
@@ -216,6 +228,11 @@ class DVAPolicy:
         plan = self.planner.plan(k, committed, self.cfg.horizon, self.leap.executed_into(k))
         self.leap.record_latency(plan.latency_s, plan.horizon)
         self.leap.submit(plan, at_step)
+
+    @property
+    def latency_ms(self) -> float:
+        """How late in its step each action lands (the protocol's run_episode reads it)."""
+        return self.cfg.latency_ms if self.cfg.delay == 0 else 0.0
 
     @property
     def active_plan(self) -> Plan | None:

@@ -71,13 +71,19 @@ def test_lockstep_real_episode_is_deterministic(tiny_ckpt, env):
     assert 0.0 <= rec["score"] <= 1.0 and rec["success"] == (rec["max_coverage"] > 0.95)
     _, acts3 = run_lockstep(env, policy, seed=100001, max_steps=5)
     assert not np.array_equal(acts[:5], acts3)
-    # an action landing 35 ms into its step: the same first plan, then another trajectory, and
-    # again reproducible
-    late, acts4 = run_lockstep(env, policy, seed=100000, max_steps=20, latency_ms=35)
-    _, acts5 = run_lockstep(env, policy, seed=100000, max_steps=20, latency_ms=35)
+    # delay 0: each plan acts in its own frame's step, landing latency_ms into it; reproducible,
+    # and another trajectory than the same plans landing at once
+    assert policy.latency_ms == 0.0  # delay 1: the latency is hidden in the step before
+    now = DVAPolicy(planner, LockstepConfig(delay=0, latency_ms=35))
+    late, acts4 = run_lockstep(env, now, seed=100000, max_steps=20)
+    _, acts5 = run_lockstep(env, now, seed=100000, max_steps=20)
     np.testing.assert_array_equal(acts4, acts5)
-    np.testing.assert_array_equal(acts4[0], acts[0])
-    assert not np.array_equal(acts4, acts) and late["latency_ms_virtual"] == 35
+    assert late["plans"] == 20 and late["lands_ms_into_step"] == 35
+    _, acts6 = run_lockstep(env, DVAPolicy(planner, LockstepConfig(delay=0, latency_ms=0)), seed=100000, max_steps=20)
+    np.testing.assert_array_equal(acts6[0], acts4[0])  # the same first plan
+    assert not np.array_equal(acts4, acts6)
+    with pytest.raises(ValueError, match="latency_ms"):
+        LockstepConfig(latency_ms=100)
 
 
 def test_video_is_written_and_decodes(tiny_ckpt, env, tmp_path):
@@ -215,23 +221,28 @@ def test_cli_missing_checkpoint_says_how_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nope.safetensors does not exist" in err and "python -m dva.train" in err
     assert main(["--max-steps", "0"]) == 2 and "--max-steps must be >= 1" in capsys.readouterr().err
-    assert main(["--latency-ms", "100"]) == 2 and "--latency-ms: latency_ms must be in [0, 100)" in capsys.readouterr().err
+    assert main(["--latency-ms", "100"]) == 2 and "--latency-ms must be in [0, 100)" in capsys.readouterr().err
 
 
 def test_protocol_runs_dva_through_the_eval_registry(tiny_ckpt):
     """`python -m dva.eval --policy dva --checkpoint PATH` builds DVAPolicy(checkpoint=...)."""
     from dva.pusht.protocol import evaluate
 
+    from dva.policy import PLAN_LATENCY_MS
     from dva.pusht import protocol
 
     threads = torch.get_num_threads()
     res = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False,
                    policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu"})
-    assert protocol._CACHE["policy"].cfg.delay == 1  # the lockstep default
-    d0 = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False, latency_ms=30,
-                  policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu", "delay": 0})  # dva.eval --delay 0
+    # the default: delay 0, landing the measured plan time into the step
+    assert protocol._CACHE["policy"].cfg.delay == 0 and res["latency_ms"] == PLAN_LATENCY_MS
+    d1 = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False,
+                  policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu", "delay": 1})  # dva.eval --delay 1
+    assert protocol._CACHE["policy"].cfg.delay == 1 and d1["latency_ms"] == 0.0
+    d0 = evaluate("dva", seeds=[100000], workers=1, max_steps=3, progress=False, latency_ms=12.5,
+                  policy_kwargs={"checkpoint": tiny_ckpt, "device": "cpu"})  # dva.eval --latency-ms 12.5
     torch.set_num_threads(threads)
-    assert protocol._CACHE["policy"].cfg.delay == 0 and d0["latency_ms"] == 30
+    assert d0["latency_ms"] == 12.5 and d0["episodes_detail"][0]["latency_ms"] == 12.5
     assert res["gym_pusht_version"] == "0.1.8" and 0.0 <= res["score"] <= 1.0
     assert len(res["episodes_detail"]) == 1
 

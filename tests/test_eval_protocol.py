@@ -84,7 +84,10 @@ def test_latency_holds_the_previous_target_within_each_step():
     assert np.array_equal(r["results"][0].states[1:], np.array(want))
     r0 = evaluate(Zigzag(), [100003], max_steps=12, progress=False, keep_states=True)
     assert not np.array_equal(r0["results"][0].states, r["results"][0].states)
-    assert r["latency_ms"] == 35 and r0["latency_ms"] == 0
+    assert r["latency_ms"] == 35 and r0["latency_ms"] == 0  # Zigzag declares no latency: 0
+    Zigzag.latency_ms = 35.0  # a policy's own latency is the default
+    r1 = evaluate(Zigzag(), [100003], max_steps=12, progress=False, keep_states=True)
+    assert np.array_equal(r1["results"][0].states, r["results"][0].states) and r1["latency_ms"] == 35
     assert r["act_ms_p50"] >= 0 and r["episodes_detail"][0]["act_ms"] >= 0
     with pytest.raises(ValueError, match="latency_ms"):
         evaluate("random", [1], latency_ms=120, progress=False)

@@ -1,13 +1,14 @@
 """Issue 21, stop 33 (docs/policy.md, "Dreams conditioned on the model's own intent"): the timing
-diagnostics behind that section's table. Each runs the protocol's episodes on SEEDS in this process
-(one worker; run halves side by side) and writes a dva.eval-style JSON.
+diagnostics behind that section's table, all with actions landing at once (latency 0, as every
+number before stop 34). Each runs the protocol's episodes on SEEDS in this process (one worker;
+run halves side by side) and writes a dva.eval-style JSON.
 
-    python dva/experiments/timing.py dva-delay0 CKPT SEEDS OUT    # the intent DVA acting on the frame it just saw
-    python dva/experiments/timing.py bc-delay1 CKPT SEEDS OUT     # BC at the DVA's lockstep timing
+    python dva/experiments/timing.py bc-delay1 CKPT SEEDS OUT     # BC at the DVA's old lockstep timing
     python dva/experiments/timing.py stale-intent CKPT SEEDS OUT  # delay 1, the free frame under the real frame's a_t
 
-dva-delay0: LockstepConfig(delay=0), free_action 'intent': each plan is one frame dreamed under the
-head's a_t and read by the IDM, executed at once (as BC acts). bc-delay1: at step t BC executes the
+The third diagnostic of that table, the intent DVA acting on the frame it just saw at once, is now
+`python -m dva.eval --policy dva --checkpoint CKPT --free-action intent --delay 0 --latency-ms 0`.
+bc-delay1: at step t BC executes the
 action its chunk predicted at step t-1 for step t (chunk_{t-1}[1]); step 0 acts at once, as the DVA's
 first plan does. stale-intent: delay 1, but the free frame's intent is the head's reading of the
 last real frame's context (its a_t, one step stale) instead of the dreamed frame's.
@@ -58,14 +59,12 @@ def main():
     torch.set_num_threads(1)
     if what == "bc-delay1":
         pol = BCDelay1(ckpt)
-    elif what == "dva-delay0":
-        pol = DVAPolicy(cfg=LockstepConfig(delay=0), checkpoint=ckpt, free_action="intent", device="cpu")
     elif what == "stale-intent":
-        pol = DVAPolicy(checkpoint=ckpt, free_action="intent", device="cpu")
+        pol = DVAPolicy(cfg=LockstepConfig(delay=1), checkpoint=ckpt, free_action="intent", device="cpu")
         pol.planner.model = StaleIntent(pol.planner.model, pol.planner)
     else:
-        raise SystemExit(f"unknown diagnostic {what!r}: bc-delay1, dva-delay0 or stale-intent")
-    r = evaluate(pol, parse_seeds(seeds), workers=1, progress=False)
+        raise SystemExit(f"unknown diagnostic {what!r}: bc-delay1 or stale-intent")
+    r = evaluate(pol, parse_seeds(seeds), workers=1, progress=False, latency_ms=0.0)
     r = {"policy": what, "checkpoint": ckpt, "seeds": seeds,
          "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **r}
     r["episodes"] = r.pop("episodes_detail")

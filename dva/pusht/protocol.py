@@ -2,8 +2,10 @@
 
 50 episodes on env seeds 100000..100049, at most 300 steps at 10 Hz, 96x96 observations.
 latency_ms models the policy's inference time within a step: the physics keeps tracking the
-previous target for that long after each frame (PushTEnv.step's hold_substeps); 0 is the
-classic lockstep where an action acts from the instant its frame is taken.
+previous target for that long after each frame (PushTEnv.step's hold_substeps). By default it is
+the policy's own `latency_ms` attribute (its measured act() time; 0 when it has none, as for the
+privileged policies); 0 is the classic lockstep where an action acts from the instant its frame
+is taken.
 score = mean over episodes of max_t clip(coverage_t / 0.95, 0, 1); success = fraction of
 episodes whose coverage exceeds 0.95. An episode ends at success (gym-pusht terminates there).
 """
@@ -103,21 +105,26 @@ class EpisodeResult:
     seconds: float
     behaviour: dict
     act_ms: float  # median wall time of the policy's act() per step (what latency_ms models)
+    latency_ms: float  # when in each step the actions landed
     states: np.ndarray | None = None  # (T+1, 5) and (T+1, 2): the states visited (evaluate(keep_states=True))
     agent_vel: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         return {"seed": self.seed, "max_coverage": self.max_coverage, "steps": self.steps,
                 "success": self.success, "score": episode_score(self.max_coverage),
-                "seconds": round(self.seconds, 3), "act_ms": round(self.act_ms, 2), **self.behaviour}
+                "seconds": round(self.seconds, 3), "act_ms": round(self.act_ms, 2), "latency_ms": self.latency_ms,
+                **self.behaviour}
 
 
 def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int = MAX_STEPS,
-                record: bool = False, start=None, latency_ms: float = 0.0):
+                record: bool = False, start=None, latency_ms: float | None = None):
     """Run one protocol episode; with record=True also return the trajectory arrays. start:
     (state (5,), agent_vel (2,)) to begin from instead of the seed's random start (recovery data).
-    latency_ms: each action lands that long after its frame (see the module docstring)."""
+    latency_ms: each action lands that long after its frame (None: the policy's own; see the
+    module docstring)."""
     env = env or PushTEnv(pixels=True)
+    if latency_ms is None:
+        latency_ms = float(getattr(policy, "latency_ms", 0.0))
     hold = hold_substeps_for(latency_ms)
     t0 = time.perf_counter()
     obs, info = env.reset(seed)
@@ -141,7 +148,7 @@ def run_episode(policy, seed: int, env: PushTEnv | None = None, max_steps: int =
         if terminated:
             break
     res = EpisodeResult(int(seed), float(max(covs)), steps, bool(max(covs) > SUCCESS_COVERAGE),
-                        time.perf_counter() - t0, episode_behaviour(states), 1e3 * float(np.median(act_s)),
+                        time.perf_counter() - t0, episode_behaviour(states), 1e3 * float(np.median(act_s)), latency_ms,
                         np.asarray(states), np.asarray(vels))
     return (res, traj) if record else res
 
@@ -166,20 +173,21 @@ _CACHE: dict = {}
 
 def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
              pixels: bool = True, progress: bool = True, policy_kwargs: dict | None = None,
-             keep_states: bool = False, latency_ms: float = 0.0) -> dict:
+             keep_states: bool = False, latency_ms: float | None = None) -> dict:
     """Evaluate a policy on the protocol.
 
     policy: a registry name (dva.pusht.policies.POLICIES; any number of worker processes) or a
     policy object (runs in this process; workers must be 1). pixels=False skips rendering for
     privileged policies that never read obs["pixels"] (same physics, much faster). keep_states:
     the summary's "results" holds the EpisodeResults with the states each episode visited.
-    latency_ms: every action lands that long after its frame (run_episode); the summary's
-    act_ms_p50 is the median act() time measured, to set it by.
+    latency_ms: every action lands that long after its frame (run_episode; None: the policy's
+    own); the summary's act_ms_p50 is the median act() time measured, to set it by.
     """
     from tqdm import tqdm
 
     seeds = [int(s) for s in seeds]
-    hold_substeps_for(latency_ms)  # a bad latency fails here, not in a worker
+    if latency_ms is not None:
+        hold_substeps_for(latency_ms)  # a bad latency fails here, not in a worker
     t0 = time.perf_counter()
     bar = tqdm(total=len(seeds), desc="eval", unit="ep", disable=not progress)
     results = []
@@ -209,7 +217,7 @@ def evaluate(policy, seeds=SEEDS, workers: int = 1, max_steps: int = MAX_STEPS,
     summary.update({
         "gym_pusht_version": gym_pusht_version(),
         "max_steps": max_steps,
-        "latency_ms": float(latency_ms),
+        "latency_ms": results[0].latency_ms,
         "act_ms_p50": float(np.median([r.act_ms for r in results])),
         "mean_steps_to_success": float(np.mean(succ_steps)) if succ_steps else None,
         "wall_seconds": round(time.perf_counter() - t0, 2),
