@@ -69,3 +69,33 @@ def test_control_realtime(benchmark, name):
                                 control_hz=rec["control_hz"], deadline_misses=rec["deadline_misses"],
                                 plan_latency_p50_ms=rec["latency_ms"]["p50"],
                                 plan_latency_p99_ms=rec["latency_ms"]["p99"], horizon=rec["horizon"])
+
+
+def test_package_act(benchmark):
+    """The packaged checkpoint's act() at the default lockstep timing (delay 0: observe the real
+    frame, dream one frame, read it with the IDM), on real frames of an episode: the time
+    dva.policy.PLAN_LATENCY_MS cites (how late in its step a DVA action lands). env.step runs
+    between calls, untimed."""
+    from dva.policy import PACKAGED_CHECKPOINT, load_planner
+    from dva.pusht.env import hold_substeps_for
+
+    env = make_env()
+    planner, _ = load_planner(PACKAGED_CHECKPOINT, DEV)
+    policy = DVAPolicy(planner)
+    policy.reset(100000)
+    state = {"obs": env.reset(100000)[0], "a": None}
+
+    def advance():  # untimed: the env moves on with the last action
+        if state["a"] is not None:
+            state["obs"] = env.step(state["a"], hold_substeps_for(policy.latency_ms))[0]
+        return (state["obs"],), {}
+
+    def act(obs):
+        state["a"] = policy.act(obs)
+
+    for _ in range(3):
+        act(advance()[0][0])
+    benchmark.extra_info.update(checkpoint="dva/assets/dva_s", batch=1, dtype="fp32", mode="lockstep delay 0",
+                                sample_steps=planner.sample_steps, free_action=planner.free_action,
+                                items_per_call=1, unit="actions")
+    benchmark.pedantic(act, setup=advance, rounds=40, iterations=1)

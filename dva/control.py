@@ -111,6 +111,13 @@ class InferenceThread(threading.Thread):
             self._inbox.append((step, frame, time.perf_counter()))
             self._cv.notify()
 
+    def _submit(self, t: int, plan) -> None:
+        with self._cv:  # atomic with take(): a plan has landed or it has not
+            self.leap.submit(plan)
+            self._landed = {s: v for s, v in self._landed.items() if s > t - 8}
+            self._landed.setdefault(t, time.perf_counter())  # when its first action landed
+            self._cv.notify_all()
+
     def take(self, k: int, tick: float, dt: float) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
         """The control side of step k (whose frame was taken at `tick`): wait, at most until the
         step ends, for the plan made from frame k; then (target, held, miss, hold_substeps): the
@@ -150,16 +157,15 @@ class InferenceThread(threading.Thread):
                 t, _, posted = batch[-1]
                 h = self.leap.horizon()
                 n = min(self.leap.landing_steps(h), h)
-                plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t))
-                # latency as the scheduler sees it: from the frame's arrival to a usable plan;
-                # all but the dreaming itself is fixed cost (observing the frames that arrived)
+                # its first free action is submitted as soon as it is read (early), the whole plan
+                # (the frames that cover a late next plan) when it is done
+                plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t),
+                                         early=lambda p, t=t: self._submit(t, p))
+                # latency as the scheduler sees it: from the frame's arrival to the whole plan; all
+                # but the dreaming itself is fixed cost (observing the frames that arrived)
                 total = time.perf_counter() - posted
                 self.leap.record_latency(total, h, fixed_s=total - plan.latency_s)
-                with self._cv:  # atomic with take(): a plan has landed or it has not
-                    self.leap.submit(plan)
-                    self._landed = {s: v for s, v in self._landed.items() if s > t - 8}
-                    self._landed[t] = time.perf_counter()
-                    self._cv.notify_all()
+                self._submit(t, plan)
         except BaseException as e:  # surfaced by stop() in the control thread
             self.error = e
 

@@ -89,7 +89,8 @@ class DVAPlanner:
         self.frames_seen += 1
 
     @torch.inference_mode()
-    def plan(self, start: int, committed: np.ndarray, horizon: int, executed: np.ndarray | None = None) -> Plan:
+    def plan(self, start: int, committed: np.ndarray, horizon: int, executed: np.ndarray | None = None,
+             early=None) -> Plan:
         """Dream `horizon` frames after the last observed real frame (the frame of step `start`).
 
         committed: (n, 2) actions for steps start .. start+n-1 that will be executed whatever
@@ -97,6 +98,9 @@ class DVAPlanner:
         executed: (2,) the action executed at step start-1 (into the observed frame), or None
         (unknown, e.g. at the start); read by models with DVAConfig.prev_action, as is each
         planned action by the next predicted frame.
+        early: called with the plan so far (a Plan up to its first free action) as soon as that
+        action is read, when frames remain to dream: real time submits it, so the new action
+        lands before the frames that only cover a late next plan are dreamed.
         """
         if self._ctx is None:
             raise RuntimeError("DVAPlanner.plan: observe() a real frame first")
@@ -136,10 +140,16 @@ class DVAPlanner:
                 actions.append(a)
                 last_action = a
                 prev, cur = cur, nxt
+                if early is not None and j == n and j + 1 < horizon:
+                    early(self._as_plan(start, frames, actions, committed, t0))
         finally:
             self.cache.rollback(mark)  # the cache holds real frames only, even after an error
-        out_frames = m.to_frames(torch.cat(frames)).cpu().numpy()  # (h, 96, 96, 3) uint8
+        return self._as_plan(start, frames, actions, committed, t0)
+
+    def _as_plan(self, start, frames, actions, committed, t0) -> Plan:
+        out_frames = self.model.to_frames(torch.cat(frames)).cpu().numpy()  # (h, 96, 96, 3) uint8
         out_actions = torch.cat(actions).double().cpu().numpy()  # (h, 2)
+        n = len(committed)
         out_actions[:n] = committed  # exactly what the controller executes (no float32 round trip)
         return Plan(start=start, actions=out_actions, frames=out_frames, committed=n,
                     latency_s=time.perf_counter() - t0)

@@ -94,6 +94,24 @@ def test_committed_actions_condition_and_are_kept_exactly(tiny):
     assert not np.array_equal(plan.frames[0], other.frames[0])
 
 
+def test_early_hands_over_the_plan_up_to_its_first_free_action(tiny):
+    """plan(early=...) (real time submits it at once): called once, right after the first free
+    action, with exactly the plan's prefix; not called when nothing is left to dream."""
+    planner = DVAPlanner(*tiny)
+    committed = np.array([[200.0, 300.0]])
+    got = []
+    planner.reset(5)
+    planner.observe(frames(1)[0])
+    plan = planner.plan(0, committed, 4, early=got.append)
+    assert len(got) == 1 and got[0].horizon == 2 and got[0].committed == 1 and got[0].start == 0
+    np.testing.assert_array_equal(got[0].actions, plan.actions[:2])
+    np.testing.assert_array_equal(got[0].frames, plan.frames[:2])
+    planner.reset(5)
+    planner.observe(frames(1)[0])
+    planner.plan(0, np.zeros((0, 2)), 1, early=got.append)
+    assert len(got) == 1  # a 1-frame plan is its own first action
+
+
 def test_policy_is_deterministic_and_reads_only_pixels(tiny):
     fs = frames(8, seed=2)
 

@@ -43,6 +43,9 @@ def test_presets_and_m_param_budget():
     total = param_count(DVA(infer)) + param_count(IDM(cfg))
     assert total < 30_000_000, f"preset m has {total} inference parameters including the IDM"
     assert param_count(DVA(cfg)) - param_count(DVA(infer)) == param_count(DVA(cfg).action_head)
+    # s (the package) dreams under its head's intent, so there the head is inference too
+    s = PRESETS["s"]
+    assert s.free_action == "intent" and param_count(DVA(s)) + param_count(IDM(s)) < 10_000_000
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("xl")
     with pytest.raises(ValueError, match="n_heads"):

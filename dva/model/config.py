@@ -200,7 +200,11 @@ RETIRED = {"backend": None, "ctx_noise": None, "warp_interp": "bilinear"}
 # The shipped model's heads and losses (dva/assets/dva_s.json; docs/model.md, docs/policy.md lever H):
 # a rigid warp of three supervised bodies, anchored dreams, L1, self forcing, 1 sampler step; for
 # behaviour: half the samples dream freely, a policy loss through the IDM, the executed action as
-# an input, and an MLP head that reads the next action off the context (training only).
+# an input, and an MLP head that reads the next action off the context. In the package that head
+# also conditions the frames the planner dreams past the committed actions (free_action 'intent',
+# docs/policy.md), which makes it part of inference: 1.6M parameters at s's context (3072
+# inputs), 7.1M at m's (13824), which would take m over its 30M budget; m keeps the free dream
+# until its head reads a smaller context.
 SHIPPED = dict(warp=True, warp_layers=3, body_masks=0.05, warp_anchor=True, warp_loss=0.5, flow_loss=0.1,
                motion_weight=5.0, loss="l1", self_forcing=0.6, self_forcing_depth=1, sampler_steps=1,
                action_dropout=0.5, policy_loss=1.0, prev_action=True, action_aux=1.0)
@@ -210,7 +214,7 @@ PRESETS: dict[str, DVAConfig] = {
     "tiny": DVAConfig(name="tiny", enc_ch=(16, 16, 32), token_grid=2, d_model=32, n_layers=2, n_heads=2,
                       window=4, dec_ch=(16, 16, 32), cond_dim=32, idm_ch=(16, 16, 32, 32), groups=4),
     # what ships (dva/assets/dva_s): real time on 2 CPU cores; tests/test_model.py checks it equals the package
-    "s": DVAConfig(name="s", **SHIPPED),
+    "s": DVAConfig(name="s", free_action="intent", **SHIPPED),
     # GPU preset, < 30M parameters including the IDM: the shipped recipe at a larger size
     "m": DVAConfig(name="m", enc_ch=(64, 128, 256), token_grid=6, d_model=384, n_layers=6, n_heads=6,
                    window=16, dec_ch=(64, 128, 256), dec_blocks=2, cond_dim=512, idm_ch=(32, 64, 128, 256),
