@@ -52,6 +52,12 @@ def test_held_substeps_track_the_previous_target():
     err = [np.abs(_states(_rollout(PushTEnv(pixels=False), 9, hold=h))[:, :2] - ref[:, :2]).max(axis=1).mean()
            for h in (0, 1, 4, SUBSTEPS)]
     assert err[0] == 0 and 0 < err[1] < err[2] < err[3]
+    # holding the very target it moves to is gym-pusht's own step, pixels included
+    g, h = PushTEnv(pixels=True), PushTEnv(pixels=True)
+    g.reset(2), h.reset(2)
+    for act in acts[:15]:
+        og, oh = g.step(act)[0], h.step(act, 3, held=act)[0]
+        assert np.array_equal(og["state"], oh["state"]) and np.array_equal(og["pixels"], oh["pixels"])
     # the pixel env holds the same way (its own loop then, not gym-pusht's step)
     a, b = _rollout(PushTEnv(pixels=True), 9, n=20, hold=4), _rollout(PushTEnv(pixels=False), 9, n=20, hold=4)
     assert np.array_equal(_states(a), _states(b))
