@@ -42,10 +42,15 @@ class CollectConfig:
     policy_kwargs: dict = field(default_factory=dict)
     start_states: str = ""        # .npz of start states (row i starts episode i); "" = the seed's start
     start_states_sha256: str = ""  # of that file: a resumed run must start from the same states
+    latency_ms: float = 0.0       # each action lands this late into its step (dva.eval --latency-ms)
 
-    # a resumed run must agree on everything that shapes the data
+    # a resumed run must agree on everything that shapes the data (latency 0 is left out: the
+    # manifests written before the option existed)
     def identity(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["latency_ms"]:
+            del d["latency_ms"]
+        return d
 
 
 def load_start_states(path) -> dict[str, np.ndarray]:
@@ -65,10 +70,10 @@ def load_start_states(path) -> dict[str, np.ndarray]:
     return d
 
 
-def collect_episode(policy, env, seed: int, max_steps: int, start=None) -> Episode:
+def collect_episode(policy, env, seed: int, max_steps: int, start=None, latency_ms: float = 0.0) -> Episode:
     from dva.pusht.protocol import run_episode
 
-    _, tr = run_episode(policy, seed, env, max_steps, record=True, start=start)
+    _, tr = run_episode(policy, seed, env, max_steps, record=True, start=start, latency_ms=latency_ms)
     return Episode(seed=seed, states=np.stack(tr["states"]), agent_vel=np.stack(tr["agent_vel"]),
                    actions=np.stack(tr["actions"]), coverage=np.asarray(tr["coverage"], np.float32),
                    frames=np.stack(tr["frames"]) if tr["frames"][0] is not None else None)
@@ -91,7 +96,7 @@ def _collect_shard(task) -> dict:
                        starts=load_start_states(cfg.start_states) if cfg.start_states else None)
     st = _WORKER["starts"]
     eps = [collect_episode(_WORKER["policy"], _WORKER["env"], cfg.seed + i, cfg.max_steps,
-                           None if st is None else (st["states"][i], st["agent_vel"][i]))
+                           None if st is None else (st["states"][i], st["agent_vel"][i]), cfg.latency_ms)
            for i in range(first, first + n)]
     return write_shard(Path(out) / shard_name(first), first, eps)
 
@@ -182,7 +187,8 @@ def collect(cfg: CollectConfig, out: Path, episodes: int, workers: int = 1, prog
     if (out / "manifest.json").exists():
         man = Manifest.load(out)
         old = man.config.get("collect", {})
-        diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
+        new = cfg.identity()
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         if diff:
             raise DatasetError(f"{out / 'manifest.json'}: dataset was collected with a different config "
                                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
@@ -254,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-states", type=Path, default=None,
                    help="recovery data: an .npz of states (N, 5) and agent_vel (N, 2) (`python -m dva.eval "
                         "--states-out`); episode i starts from row i, so --episodes <= N")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="each action lands this long into its step, in [0, 100): the physics tracks the previous "
+                        "target until then (data under a controller's timing; dva.eval --latency-ms)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -277,8 +286,11 @@ def main(argv=None) -> int:
             print(f"error: --episodes {args.episodes} > the {n} start states in {args.start_states}", file=sys.stderr)
             return 2
         start = {"start_states": str(args.start_states.resolve()), "start_states_sha256": sha256_file(args.start_states)}
+    if not 0 <= args.latency_ms < 100:
+        print(f"error: --latency-ms must be in [0, 100), got {args.latency_ms}", file=sys.stderr)
+        return 2
     cfg = CollectConfig(policy=args.policy, seed=args.seed, max_steps=args.max_steps,
-                        shard_size=args.shard_size, frames=args.frames, **start)
+                        shard_size=args.shard_size, frames=args.frames, latency_ms=args.latency_ms, **start)
 
     def stop(signum, frame):  # SIGTERM (and SIGINT in background jobs, where it is ignored)
         raise KeyboardInterrupt

@@ -93,6 +93,24 @@ def test_extend_and_config_mismatch(tmp_path, capsys):
     assert "policy's source (dva.pusht.policies) changed" in capsys.readouterr().err
 
 
+def test_latency_option_collects_under_that_timing_and_is_part_of_the_identity(tmp_path, capsys):
+    """--latency-ms: the episodes are what dva.eval --latency-ms runs (the physics holds the
+    previous target that long), a resume must use the same latency, and latency 0 leaves the
+    identity as it was before the option existed (old manifests still resume)."""
+    from dva.pusht.protocol import run_episode
+    from dva.pusht.policies import make_policy
+
+    base = ["--policy", "random", "--max-steps", "12", "--episodes", "2", "--seed", "40", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "l32"), "--latency-ms", "32"]) == 0
+    ds = load_dataset(tmp_path / "l32")
+    _, tr = run_episode(make_policy("random"), 41, max_steps=12, record=True, latency_ms=32)
+    assert np.array_equal(ds.episode_arrays(1)["states"], np.stack(tr["states"]))
+    assert main(base + ["--out", str(tmp_path / "l32")]) == 2
+    assert "latency_ms: 32.0 there, None now" in capsys.readouterr().err
+    assert "latency_ms" not in CollectConfig(policy="random").identity()
+    assert main(base + ["--out", str(tmp_path / "x"), "--latency-ms", "100"]) == 2
+
+
 def test_plan_shards_fills_gaps():
     m = Manifest(config={}, shards=[{"first_episode": 2, "episodes": 2}, {"first_episode": 7, "episodes": 1}])
     assert plan_shards(m, 10, 3) == [(0, 2), (4, 3), (8, 2)]
