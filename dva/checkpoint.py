@@ -186,14 +186,26 @@ def load(path=None, device="cpu", weights: str = "ema"):
 
 
 def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None,
-           warp_anchor: bool | None = None, free_action: str | None = None) -> tuple[Path, Path]:
+           warp_anchor: bool | None = None, free_action: str | None = None, idm_from=None) -> tuple[Path, Path]:
     """Inference-only copy of a training checkpoint: EMA weights of video model and IDM in
     `dtype` (the packaged default is fp16), same JSON minus optimizer state. sampler_steps sets
     the model's default number of sampler steps (chosen by held-out validation), which the
     planner uses unless told otherwise; warp_anchor sets DVAConfig.warp_anchor (anchored dreams,
     no weights change); free_action sets DVAConfig.free_action (what conditions the planner's free
-    dreams by default). None keeps the training config's."""
+    dreams by default). None keeps the training config's. idm_from: take the IDM from this
+    checkpoint instead (e.g. a `python -m dva.train --model idm` run; the IDM trains apart)."""
     tensors, meta = read(src)
+    if idm_from is not None:
+        other, other_meta = read(idm_from)
+        idm = section(other, "idm_ema") or section(other, "idm")
+        if not idm:
+            raise CheckpointError(f"{paths(idm_from)[0]}: has no IDM weights")
+        for k in ("idm_ch", "action_range", "img", "groups"):
+            if other_meta["config"].get(k) != meta["config"].get(k):
+                raise CheckpointError(f"{paths(idm_from)[0]}: its IDM config differs from {paths(src)[0]}'s "
+                                      f"({k}: {other_meta['config'].get(k)!r} vs {meta['config'].get(k)!r})")
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(("idm.", "idm_ema."))}
+        tensors.update({f"idm.{k}": v for k, v in idm.items()})
     changes = {k: v for k, v in (("sampler_steps", sampler_steps), ("warp_anchor", warp_anchor),
                                  ("free_action", free_action)) if v is not None}
     if changes:
@@ -213,6 +225,9 @@ def export(src, dst, dtype=torch.float16, sampler_steps: int | None = None,
     keep = {k: v for k, v in meta.items() if k not in ("sha256", "tensors", "format", "version")}
     keep["exported_from"] = {"path": str(paths(src)[0].name), "step": meta.get("step"), "weights": "ema",
                              "dtype": str(dtype).replace("torch.", "")}
+    if idm_from is not None:
+        keep["exported_from"]["idm_from"] = {"path": str(paths(idm_from)[0]), "step": other_meta.get("step"),
+                                             "data_mix": other_meta.get("data_mix")}
     return save(dst, out, keep)
 
 
@@ -238,6 +253,8 @@ def main(argv=None) -> int:
                    help="what conditions the planner's dreams past the committed actions by default: none (the free "
                         "dream), prev or intent (the action head's reading; pick it with python -m dva.eval --policy "
                         "dva --seeds dev --free-action ...); default: keep the training config's")
+    e.add_argument("--idm-from", default=None,
+                   help="take the IDM from this checkpoint (e.g. a `python -m dva.train --model idm` run); default: SRC's")
     i = sub.add_parser("info", help="validate a checkpoint and print its metadata")
     i.add_argument("path", help="checkpoint stem or file")
     a = p.parse_args(argv)
@@ -245,7 +262,7 @@ def main(argv=None) -> int:
         if a.cmd == "export":
             dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
             anchor = None if a.warp_anchor is None else a.warp_anchor == "on"
-            st, js = export(a.src, a.dst, dt, a.sampler_steps, anchor, a.free_action)
+            st, js = export(a.src, a.dst, dt, a.sampler_steps, anchor, a.free_action, a.idm_from)
             print(f"wrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}")
         else:
             tensors, meta = read(a.path)

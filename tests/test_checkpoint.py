@@ -156,3 +156,15 @@ def test_export_fp16(tmp_path):
         ckpt.export(tmp_path / "train", tmp_path / "export0", sampler_steps=0)
     with pytest.raises(ckpt.CheckpointError, match="warp_anchor needs body_masks"):  # a model without body layers
         ckpt.export(tmp_path / "train", tmp_path / "export_anchor", warp_anchor=True)
+    # --idm-from: the IDM of another run (an IDM-only one: `dva.train --model idm`) with SRC's video model
+    other = {f"idm_ema.{k}": v + 1.0 for k, v in idm.state_dict().items() if v.is_floating_point()}
+    ckpt.save(tmp_path / "idm_run", other, {"config": cfg.to_dict(), "step": 7})
+    ckpt.export(tmp_path / "train", tmp_path / "swapped", idm_from=tmp_path / "idm_run")
+    m3, idm3, meta3 = ckpt.load(tmp_path / "swapped")
+    k = next(iter(other)).removeprefix("idm_ema.")
+    torch.testing.assert_close(idm3.state_dict()[k], (idm.state_dict()[k] + 1.0).half().float())
+    torch.testing.assert_close(m3.state_dict()["decoder.stem.weight"], w, atol=1e-3, rtol=1e-3)
+    assert meta3["exported_from"]["idm_from"]["step"] == 7
+    ckpt.save(tmp_path / "other_idm", other, {"config": {**cfg.to_dict(), "idm_ch": [8, 8, 8, 8]}, "step": 1})
+    with pytest.raises(ckpt.CheckpointError, match="IDM config differs .*idm_ch"):
+        ckpt.export(tmp_path / "train", tmp_path / "bad", idm_from=tmp_path / "other_idm")
