@@ -111,7 +111,8 @@ class BCData:
         self.cur, self.prev = torch.from_numpy(np.concatenate(cur)), torch.from_numpy(np.concatenate(prev))
         self.actions = torch.from_numpy(np.concatenate(acts)).float() / ACTION_SCALE - 1.0  # (M, chunk, 2)
         self.weights = torch.tensor([float(w) for _, w in sources], dtype=torch.float64)
-        self.starts = torch.tensor(np.cumsum([0] + self.sizes[:-1]))
+        self._sizes = torch.tensor(self.sizes)
+        self.starts = torch.cumsum(self._sizes, 0) - self._sizes
 
     def __len__(self) -> int:
         return len(self.cur)
@@ -122,7 +123,7 @@ class BCData:
             return torch.randint(0, len(self), (n,), generator=gen)
         src = torch.multinomial(self.weights, n, replacement=True, generator=gen)
         u = torch.rand(n, generator=gen, dtype=torch.float64)
-        return self.starts[src] + (u * torch.tensor(self.sizes)[src]).long()
+        return self.starts[src] + (u * self._sizes[src]).long()
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frames = torch.stack([self.frames[self.prev[idx]], self.frames[self.cur[idx]]], 1)

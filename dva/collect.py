@@ -286,8 +286,12 @@ def main(argv=None) -> int:
             print(f"error: --episodes {args.episodes} > the {n} start states in {args.start_states}", file=sys.stderr)
             return 2
         start = {"start_states": str(args.start_states.resolve()), "start_states_sha256": sha256_file(args.start_states)}
-    if not 0 <= args.latency_ms < 100:
-        print(f"error: --latency-ms must be in [0, 100), got {args.latency_ms}", file=sys.stderr)
+    from dva.pusht.env import hold_substeps_for
+
+    try:
+        hold_substeps_for(args.latency_ms)  # the one place that knows the range
+    except ValueError as e:
+        print(f"error: --latency-ms: {e}", file=sys.stderr)
         return 2
     cfg = CollectConfig(policy=args.policy, seed=args.seed, max_steps=args.max_steps,
                         shard_size=args.shard_size, frames=args.frames, latency_ms=args.latency_ms, **start)

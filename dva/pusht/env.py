@@ -132,8 +132,9 @@ class PushTEnv:
         still track target `held` (default: the previous step's target; at the start of an
         episode the disc's own position), the rest `action`: a controller whose new target lands
         that late after the frame it was computed from (its inference latency,
-        `hold_substeps_for`). 0 is gym-pusht's own step. Returns (obs, reward, terminated, truncated, info); info has "coverage" and
-        "is_success". terminated is gym-pusht's (coverage > 0.95); truncation is left to the caller.
+        `hold_substeps_for`). 0 is gym-pusht's own step. Returns (obs, reward, terminated,
+        truncated, info); info has "coverage" and "is_success". terminated is gym-pusht's
+        (coverage > 0.95); truncation is left to the caller.
         """
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (2,) or not np.isfinite(a).all():
@@ -141,9 +142,12 @@ class PushTEnv:
         if not 0 <= hold_substeps <= SUBSTEPS:
             raise ValueError(f"step: hold_substeps must be in 0..{SUBSTEPS}, got {hold_substeps}")
         e = self._env
-        held = self._target if held is None else np.asarray(held, dtype=np.float64)
-        if held.shape != (2,) or not np.isfinite(held).all():
-            raise ValueError(f"step: held must be 2 finite floats, got {held!r}")
+        if held is None:
+            held = self._target  # checked when it was the action
+        else:
+            held = np.asarray(held, dtype=np.float64)
+            if held.shape != (2,) or not np.isfinite(held).all():
+                raise ValueError(f"step: held must be 2 finite floats, got {held!r}")
         self._target = a.copy()
         if self.pixels and hold_substeps == 0:  # the real gym-pusht step (it renders the pixels obs)
             g_obs, reward, terminated, _, g_info = e.step(a)
