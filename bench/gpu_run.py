@@ -53,7 +53,7 @@ STEPS_PER_MINUTE = 600  # a guess for the LR schedule's length (unmeasured on a 
 DATA = {"random": 200, "goal": 100, "approach": 3000, "expert": 1500}  # episodes per source (docs/data.md's datasets)
 # a source that is not the policy of its name: approach = the expert's first 20 steps from rest (docs/policy.md)
 SOURCE_ARGS = {"approach": ["--policy", "expert", "--seed", 300000, "--max-steps", 20]}
-EVAL_SEEDS = "dev"  # dva.eval's development seeds (500000..500049): never the protocol's
+EVAL_SEEDS = "dev"  # dva.eval's development seeds (500000..500099): never the protocol's
 CHECK_SELECT = ["-k", "cuda", "--ignore=tests/test_gpu_run.py"]  # gpu-marked tests are named *cuda*; CUDA cases [...-cuda]
 LIMITS = {"check": 150, "bench": 240, "collect": 120, "export": 45, "eval": 150}  # seconds, each stage's own
 TRAIN_RESERVE = 200  # s kept after training: its wind-down (final val + save), export, eval
