@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dva.control import make_env  # noqa: E402
+from dva.loop import make_env  # noqa: E402
 from dva.policy import DVAPlanner, DVAPolicy, LockstepConfig, PlannerConfig, load_planner  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dva.control import make_env, run_realtime
+from dva.loop import make_env, run_realtime
 from dva.leapfrog import LeapfrogConfig
 from dva.model.config import preset
 from dva.model.dva import DVA

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dva import checkpoint
-from dva.control import make_env, run_lockstep, run_realtime
+from dva.loop import make_env, run_lockstep, run_realtime
 from dva.leapfrog import LeapfrogConfig
 from dva.model.config import preset
 from dva.model.dva import DVA
