@@ -3,6 +3,7 @@
     python -m dva.paired runs/eval_dev_old.json runs/eval_dev_new.json     # dva.eval JSONs: per-seed score
     python -m dva.paired runs/ol_old.json runs/ol_new.json                 # dva.openloop JSONs: per-plan px
     python -m dva.paired dev_old.json dev_new.json fresh_old.json fresh_new.json   # pairs pooled over their seeds
+    python -m dva.paired --base old_500000.json old_500050.json --new new_dev100.json   # each side pooled
 
 The difference NEW - BASE is taken per seed (closed loop: episode score and success) or per plan
 (open loop: the first free action's error in px), so the shared difficulty of a seed cancels; the
@@ -77,16 +78,26 @@ def pooled(paths: list[Path]) -> dict[str, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dva.paired", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=Path, nargs="+", metavar="BASE NEW",
+    p.add_argument("runs", type=Path, nargs="*", metavar="BASE NEW",
                    help="the reference run's JSON, then the candidate's (same kind, same seeds or plans); "
                         "more pairs (BASE2 NEW2 ...) on other seeds are pooled with the first")
+    p.add_argument("--base", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="instead of pairs: the reference's runs, pooled over their (disjoint) seeds")
+    p.add_argument("--new", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="with --base: the candidate's runs, pooled; together they cover the same seeds")
     a = p.parse_args(argv)
-    if len(a.runs) % 2:
+    if a.base or a.new:
+        if a.runs or not (a.base and a.new):
+            p.error("give either BASE NEW pairs or both --base and --new")
+        bases, news = a.base, a.new
+    elif not a.runs or len(a.runs) % 2:
         p.error(f"give JSONs in pairs, BASE NEW [BASE2 NEW2 ...]; got {len(a.runs)}")
+    else:
+        bases, news = a.runs[0::2], a.runs[1::2]
     try:
-        base, new = pooled(a.runs[0::2]), pooled(a.runs[1::2])
+        base, new = pooled(bases), pooled(news)
         if base.keys() != new.keys():
-            raise ValueError(f"{a.runs[0]} holds {', '.join(base)}; {a.runs[1]} holds {', '.join(new)}")
+            raise ValueError(f"{bases[0]} holds {', '.join(base)}; {news[0]} holds {', '.join(new)}")
         res = {what: paired(base[what], new[what]) for what in base}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

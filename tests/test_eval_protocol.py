@@ -194,3 +194,11 @@ def test_paired_difference_and_its_standard_error(tmp_path, capsys):
     assert main([str(a), str(b), str(a), str(b)]) == 2 and "disjoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(a), str(b), str(c)])
+    # each side pooled on its own: two 2-seed reference runs against one 4-seed candidate run
+    e = tmp_path / "e.json"
+    e.write_text(json.dumps({"episodes": json.loads(b.read_text())["episodes"] + json.loads(d2.read_text())["episodes"]}))
+    assert main(["--base", str(a), str(c), "--new", str(e)]) == 0
+    assert f"{d.mean():+.3f} +- {d.std(ddof=1) / 2:.3f} (standard error, n = 4)" in capsys.readouterr().out
+    assert main(["--base", str(a), "--new", str(e)]) == 2 and "same seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--base", str(a), str(c)])
