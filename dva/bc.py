@@ -9,6 +9,7 @@ the DVA learns more per demonstration than plain BC (issue 21, docs/policy.md).
 
     python -m dva.bc --data data/expert --steps 7000 --out runs/bc        # train (resumes)
     python -m dva.bc --data data/expert:0.35 data/approach:0.15 data/recovery_pkg:0.5 ...  # a mix
+    python -m dva.bc --init runs/bc/bc --data ... --steps 3000 --out runs/bc_ft   # fine-tune on another mix
     python -m dva.eval --policy bc --checkpoint runs/bc/bc --seeds dev   # closed loop
 
 Training is deterministic by step (batch and augmentation from a generator seeded by
@@ -177,9 +178,15 @@ def train(args) -> int:
     if ckpt.paths(out)[1].exists():
         tensors, meta, cfg = load_checkpoint(out)
         print(f"[dva.bc] resuming {out} at step {meta['step']} ({meta['seconds'] / 60:.1f} min trained)", flush=True)
+    elif args.init:  # a fine-tune: the weights and model config of another run, a fresh optimizer and schedule
+        init, _, cfg = load_checkpoint(args.init)
+        meta = None
+        print(f"[dva.bc] new run from the weights of {args.init}", flush=True)
     else:
         meta, cfg = None, BCConfig(chunk=args.chunk, width=args.width, hidden=args.hidden, shift=args.shift)
     net = BCNet(cfg).to(memory_format=torch.channels_last)  # ~1.5x faster convs on the CPU
+    if meta is None and args.init:
+        ckpt.load_into(net, ckpt.section(init, "model"), str(args.init))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, seconds, log, (loss_sum, n) = 0, 0.0, [], (0.0, 0)  # (loss_sum, n): the log line being summed
     if meta is not None:
@@ -195,7 +202,8 @@ def train(args) -> int:
     def checkpoint():
         ckpt.save(out, {**{f"model.{k}": v for k, v in net.state_dict().items()}, **ckpt.optimizer_tensors(opt)},
                   {"config": dataclasses.asdict(cfg), "step": step, "seconds": seconds, "log": log,
-                   "window": [loss_sum, n], "data": [f"{d}:{w:g}" for d, w in sources]})
+                   "window": [loss_sum, n], "data": [f"{d}:{w:g}" for d, w in sources],
+                   "init": (meta or {}).get("init", str(args.init or ""))})
 
     pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
     last_save = time.perf_counter()
@@ -287,6 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start a new run from this BC checkpoint's weights and model config (a fine-tune, e.g. "
+                        "on a mix with new recovery data); a fresh optimizer and LR schedule")
     for f in dataclasses.fields(BCConfig):
         p.add_argument(f"--{f.name}", type=int, default=f.default, help=f"model: {f.name} (new runs only)")
     args = p.parse_args(argv)

@@ -92,6 +92,19 @@ def test_ctrl_c_saves_and_the_same_command_continues_exactly(data, tmp_path, mon
         assert torch.equal(ta[k], tb[k]), f"{k}: the resumed run differs from the straight one"
 
 
+def test_init_starts_a_new_run_from_another_runs_weights(data, tmp_path):
+    assert main(["--data", str(data), "--steps", "3", *SMALL, "--out", str(tmp_path / "a")]) == 0
+    # the flags name another model size: --init's config wins, its weights are the start
+    assert main(["--data", str(data), "--steps", "1", "--lr", "0", "--width", "4", "--init", str(tmp_path / "a" / "bc"),
+                 "--out", str(tmp_path / "b")]) == 0
+    (ta, a), (tb, b) = (read(tmp_path / r / "bc") for r in "ab")
+    assert b["step"] == 1 and b["config"] == a["config"] and b["init"] == str(tmp_path / "a" / "bc")
+    for k in ta:
+        if k.startswith("model."):  # lr 0: one step changes nothing, so the run started from a's weights
+            assert torch.equal(ta[k], tb[k]), k
+    assert main(["--data", str(data), "--steps", "1", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+
+
 def test_policy_runs_in_the_real_env_through_eval(data, tmp_path, capsys):
     assert main(["--data", str(data), "--out", str(tmp_path), "--steps", "2", *SMALL]) == 0
     threads = torch.get_num_threads()
