@@ -175,17 +175,17 @@ def train(args) -> int:
 
     out = args.out / "bc"  # bc.safetensors + bc.json
     torch.manual_seed(args.seed)
+    init = None  # the tensors a fine-tune starts from (--init)
     if ckpt.paths(out)[1].exists():
         tensors, meta, cfg = load_checkpoint(out)
         print(f"[dva.bc] resuming {out} at step {meta['step']} ({meta['seconds'] / 60:.1f} min trained)", flush=True)
     elif args.init:  # a fine-tune: the weights and model config of another run, a fresh optimizer and schedule
-        init, _, cfg = load_checkpoint(args.init)
-        meta = None
+        (init, _, cfg), meta = load_checkpoint(args.init), None
         print(f"[dva.bc] new run from the weights of {args.init}", flush=True)
     else:
         meta, cfg = None, BCConfig(chunk=args.chunk, width=args.width, hidden=args.hidden, shift=args.shift)
     net = BCNet(cfg).to(memory_format=torch.channels_last)  # ~1.5x faster convs on the CPU
-    if meta is None and args.init:
+    if init is not None:
         ckpt.load_into(net, ckpt.section(init, "model"), str(args.init))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, seconds, log, (loss_sum, n) = 0, 0.0, [], (0.0, 0)  # (loss_sum, n): the log line being summed
