@@ -1,4 +1,4 @@
-"""Issue 21, stop 33 (docs/policy.md): give a trained DVA an action head that reads a_t .. a_{t+K-1}
+"""Issue 21, stop 33 (docs/history.md): give a trained DVA an action head that reads a_t .. a_{t+K-1}
 off the context of frame t (DVAConfig.intent_steps = K), with the rest of the model frozen.
 
 At the lockstep timing (delay 1) the first frame a plan dreams freely needs a_{t+1}. With

@@ -1,4 +1,4 @@
-"""Issue 21, stop 33 (docs/policy.md, "Dreams conditioned on the model's own intent"): the timing
+"""Issue 21, stop 33 (docs/history.md, "Dreams conditioned on the model's own intent"): the timing
 diagnostics behind that section's table, all with actions landing at once (latency 0, as every
 number before stop 34). Each runs the protocol's episodes on SEEDS in this process (one worker;
 run halves side by side) and writes a dva.eval-style JSON.

@@ -88,7 +88,7 @@ class DVAConfig:
                                  "transformer's context of frame t (training only: the policy reads dreams); 0: off")
     # Why intent_steps: at the DVA's lockstep timing (delay 1) the first free frame needs a_{t+1}; read off
     # a dreamed frame's context it cost the head 0.10 of score that BC, which reads a_{t+1} off real
-    # frames, does not lose (docs/policy.md, stop 33)
+    # frames, does not lose (docs/history.md, stop 33)
     intent_steps: int = opt(1, "actions the action head reads off the context of frame t: a_t .. a_{t+K-1} (with "
                                "free_action 'intent' the first K frames a plan dreams take their action from the "
                                "last real frame's context)")
