@@ -187,6 +187,7 @@ def train(args) -> int:
     net = BCNet(cfg).to(memory_format=torch.channels_last)  # ~1.5x faster convs on the CPU
     if init is not None:
         ckpt.load_into(net, ckpt.section(init, "model"), str(args.init))
+    init_from = meta.get("init", "") if meta is not None else str(args.init or "")  # kept across resumes
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, seconds, log, (loss_sum, n) = 0, 0.0, [], (0.0, 0)  # (loss_sum, n): the log line being summed
     if meta is not None:
@@ -203,7 +204,7 @@ def train(args) -> int:
         ckpt.save(out, {**{f"model.{k}": v for k, v in net.state_dict().items()}, **ckpt.optimizer_tensors(opt)},
                   {"config": dataclasses.asdict(cfg), "step": step, "seconds": seconds, "log": log,
                    "window": [loss_sum, n], "data": [f"{d}:{w:g}" for d, w in sources],
-                   "init": (meta or {}).get("init", str(args.init or ""))})
+                   "init": init_from})
 
     pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
     last_save = time.perf_counter()
