@@ -151,13 +151,17 @@ class Leapfrog:
             self.horizons = RingStats()
 
     # -- the inference side -------------------------------------------------------------------
-    def record_latency(self, seconds: float, horizon: int, fixed_s: float = 0.0) -> None:
-        """A plan of `horizon` frames took `seconds` from its real frame to being usable, of
-        which `fixed_s` does not grow with the horizon (waiting, observing real frames)."""
+    def record_latency(self, seconds: float, horizon: int, fixed_s: float = 0.0, waited_s: float = 0.0) -> None:
+        """A plan of `horizon` frames took `seconds` from its launch to being usable, of which
+        `fixed_s` does not grow with the horizon (observing the real frames that arrived). Its
+        frame had waited `waited_s` before that for the previous plan to finish: reported in the
+        latency statistics, but not in the estimate the horizon is chosen by. That wait is the
+        previous plan's length, so counting it would make the next plan longer, and its frame
+        wait longer: real time locked into 4-7-frame plans of 250-450 ms that way (docs/control.md)."""
         with self._lock:
             self._lat[self._n_lat % self.cfg.window] = (seconds, horizon, min(fixed_s, seconds))
             self._n_lat += 1
-            self.latency.add(seconds)
+            self.latency.add(waited_s + seconds)
 
     def delay_steps(self, horizon: int) -> int:
         """Estimated control steps until a plan of `horizon` frames launched now becomes active
@@ -165,13 +169,14 @@ class Leapfrog:
         with self._lock:
             return self._delay_steps(horizon)
 
-    def landing_steps(self, horizon: int) -> int:
-        """Whole control steps that pass before a plan of `horizon` frames launched now lands
-        (it takes over within the step after them, dva.control --realtime): the actions it must
-        take as committed. 0 when inference is faster than one step; 1 before any measurement."""
+    def landing_steps(self, horizon: int, waited_s: float = 0.0) -> int:
+        """Whole control steps that pass before a plan of `horizon` frames launched now, from a
+        frame that has already waited `waited_s`, lands (it takes over within the step after
+        them, dva.control --realtime): the actions it must take as committed. 0 when inference
+        is faster than one step; 1 before any measurement."""
         with self._lock:
             est = self._estimate(horizon)
-            return 1 if est is None else math.floor(est / self.cfg.dt)
+            return 1 if est is None else math.floor((waited_s + est) / self.cfg.dt)
 
     def _estimate(self, horizon: int) -> float | None:
         n = min(self._n_lat, self.cfg.window)

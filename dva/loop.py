@@ -126,19 +126,21 @@ class InferenceThread(threading.Thread):
                     if self._halt:
                         return
                     batch, self._inbox = self._inbox, []
+                launched = time.perf_counter()
                 for _, frame, _ in batch:
                     self.planner.observe(frame)
                 t, _, posted = batch[-1]
+                waited = launched - posted  # the newest frame waited for the previous plan
                 h = self.leap.horizon()
-                n = min(self.leap.landing_steps(h), h)
+                n = min(self.leap.landing_steps(h, waited), h)
                 # its first free action is submitted as soon as it is read (early), the whole plan
                 # (the frames that cover a late next plan) when it is done
                 plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t),
                                          early=lambda p, t=t: self._submit(t, p))
-                # latency as the scheduler sees it: from the frame's arrival to the whole plan; all
-                # but the dreaming itself is fixed cost (observing the frames that arrived)
-                total = time.perf_counter() - posted
-                self.leap.record_latency(total, h, fixed_s=total - plan.latency_s)
+                # the plan's cost from its launch, of which all but the dreaming is fixed (observing
+                # the frames that arrived); the wait before it is reported, not planned for
+                total = time.perf_counter() - launched
+                self.leap.record_latency(total, h, fixed_s=total - plan.latency_s, waited_s=waited)
                 self._submit(t, plan)
         except BaseException as e:  # surfaced by stop() in the control thread
             self.error = e

@@ -149,6 +149,23 @@ def test_fixed_latency_part_does_not_scale_with_horizon():
     assert fast.landing_steps(2) == 0 and fast.delay_steps(2) == 1  # lands within the step
 
 
+def test_a_frame_waiting_for_the_previous_plan_does_not_lengthen_the_horizon():
+    # 2-frame plans of 64 ms (10 of it observing) keep up with h = 2 ...
+    cfg = LeapfrogConfig(margin=0)
+    leap = Leapfrog(cfg)
+    for _ in range(cfg.window):
+        leap.record_latency(0.064, 2, fixed_s=0.010)
+    assert leap.horizon() == 2 and leap.landing_steps(2) == 0
+    # ... and still do when their frames had waited 250 ms for a long plan to finish: that wait is
+    # the previous plan's length (counted as plan cost, it made the next plan long: a lock-in)
+    for _ in range(cfg.window):
+        leap.record_latency(0.064, 2, fixed_s=0.010, waited_s=0.25)
+    assert leap.horizon() == 2
+    assert leap.stats()["latency_ms"]["max"] == pytest.approx(314.0)  # reported from the frame
+    # the wait a plan's own frame has had is known at launch: the steps it covers are committed
+    assert leap.landing_steps(2, waited_s=0.25) == 3  # 0.25 + 0.064 s
+
+
 def test_executed_into_is_the_action_of_the_step_before():
     leap = Leapfrog(LeapfrogConfig(h_init=4, h_min=1, h_max=8))
     leap.submit(ramp_plan(0, 4))
