@@ -137,7 +137,7 @@ class Leapfrog:
             self.last_target: np.ndarray | None = None
             self._executed = np.zeros((self.HISTORY, 2), dtype=np.float64)
             self._last_step = -1
-            self._lat = np.zeros((self.cfg.window, 3))  # (latency_s, horizon, fixed_s) of recent plans
+            self._lat = np.zeros((self.cfg.window, 3))  # (dreaming s, horizon, observing s per frame) of recent plans
             self._n_lat = 0
             self._pending: deque[tuple[int, Plan]] = deque()
             self.misses = 0
@@ -148,20 +148,26 @@ class Leapfrog:
             self.jump = RingStats()  # |a_k - a_(k-1)| where a new plan's own actions start, pixels
             self.delta = RingStats()  # |a_k - a_(k-1)| at every other executed (non-held) step
             self._join_step = -1
-            self.horizons = RingStats()
+            self.horizons = RingStats()  # per plan made (record_latency)
 
     # -- the inference side -------------------------------------------------------------------
-    def record_latency(self, seconds: float, horizon: int, fixed_s: float = 0.0, waited_s: float = 0.0) -> None:
+    def record_latency(self, seconds: float, horizon: int, fixed_s: float = 0.0, waited_s: float = 0.0,
+                       observed: int = 1) -> None:
         """A plan of `horizon` frames took `seconds` from its launch to being usable, of which
-        `fixed_s` does not grow with the horizon (observing the real frames that arrived). Its
-        frame had waited `waited_s` before that for the previous plan to finish: reported in the
-        latency statistics, but not in the estimate the horizon is chosen by. That wait is the
-        previous plan's length, so counting it would make the next plan longer, and its frame
-        wait longer: real time locked into 4-7-frame plans of 250-450 ms that way (docs/control.md)."""
+        `fixed_s` does not grow with the horizon: observing the `observed` real frames that had
+        arrived. Its frame had waited `waited_s` before that for the previous plan to finish.
+
+        The horizon is chosen for a plan launched as its frame arrives, with that one frame to
+        observe: the wait and the extra frames are the previous plan's length, and counting them
+        as this plan's cost made the next plan longer, its frames wait longer and more of them
+        pile up: real time locked into 4-16-frame plans of 200-800 ms that way (docs/control.md).
+        The latency statistics report the whole time from the frame."""
         with self._lock:
-            self._lat[self._n_lat % self.cfg.window] = (seconds, horizon, min(fixed_s, seconds))
+            fixed = min(fixed_s, seconds)
+            self._lat[self._n_lat % self.cfg.window] = (seconds - fixed, horizon, fixed / max(observed, 1))
             self._n_lat += 1
             self.latency.add(waited_s + seconds)
+            self.horizons.add(horizon)  # frames planned (real time submits the first one early too)
 
     def delay_steps(self, horizon: int) -> int:
         """Estimated control steps until a plan of `horizon` frames launched now becomes active
@@ -182,10 +188,10 @@ class Leapfrog:
         n = min(self._n_lat, self.cfg.window)
         if n == 0:
             return None
-        lat, hs, fixed = self._lat[:n, 0], self._lat[:n, 1], self._lat[:n, 2]
+        dream, hs, fixed = self._lat[:n, 0], self._lat[:n, 1], self._lat[:n, 2]
         # Scale each measured plan to `horizon` frames: the dreaming part is linear in frames,
-        # the fixed part (observing the real frames that arrived meanwhile) is not.
-        return float(np.quantile(fixed + (lat - fixed) * horizon / np.maximum(hs, 1), self.cfg.quantile))
+        # the fixed part (observing one real frame) is not.
+        return float(np.quantile(fixed + dream * horizon / np.maximum(hs, 1), self.cfg.quantile))
 
     def _delay_steps(self, horizon: int) -> int:
         est = self._estimate(horizon)
@@ -266,9 +272,11 @@ class Leapfrog:
         # Where the plan's own actions start being executed: its committed prefix repeats what
         # runs anyway, so the join is at the first free action (or at take-over if that is later).
         self._join_step = max(step, plan.start + plan.committed)
+        # real time submits a plan twice (its first free action early, then the whole plan): the
+        # completion of the active plan is not another plan
+        if self.active is None or plan.start != self.active.start or plan.horizon <= self.active.horizon:
+            self.plans += 1
         self.active = plan
-        self.plans += 1
-        self.horizons.add(plan.horizon)
 
     def action(self, step: int) -> tuple[np.ndarray, bool]:
         """The pointer target for `step` and whether it was a deadline miss (no plan covered it,

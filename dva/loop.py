@@ -138,9 +138,11 @@ class InferenceThread(threading.Thread):
                 plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t),
                                          early=lambda p, t=t: self._submit(t, p))
                 # the plan's cost from its launch, of which all but the dreaming is fixed (observing
-                # the frames that arrived); the wait before it is reported, not planned for
+                # the frames that arrived); the wait before it and the frames that piled up during
+                # the previous plan are reported, not planned for (Leapfrog.record_latency)
                 total = time.perf_counter() - launched
-                self.leap.record_latency(total, h, fixed_s=total - plan.latency_s, waited_s=waited)
+                self.leap.record_latency(total, h, fixed_s=total - plan.latency_s, waited_s=waited,
+                                        observed=len(batch))
                 self._submit(t, plan)
         except BaseException as e:  # surfaced by stop() in the control thread
             self.error = e

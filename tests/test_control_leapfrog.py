@@ -164,6 +164,13 @@ def test_a_frame_waiting_for_the_previous_plan_does_not_lengthen_the_horizon():
     assert leap.stats()["latency_ms"]["max"] == pytest.approx(314.0)  # reported from the frame
     # the wait a plan's own frame has had is known at launch: the steps it covers are committed
     assert leap.landing_steps(2, waited_s=0.25) == 3  # 0.25 + 0.064 s
+    # nor do the frames that piled up meanwhile: a plan that observed 6 of them (60 ms) is charged one
+    for _ in range(cfg.window):
+        leap.record_latency(0.114, 2, fixed_s=0.060, waited_s=0.25, observed=6)
+    assert leap.horizon() == 2 and leap.delay_steps(2) == 1  # 0.01 + 0.054 s
+    for _ in range(cfg.window):
+        leap.record_latency(0.114, 2, fixed_s=0.060)  # one frame that takes 60 ms to observe is slow
+    assert leap.delay_steps(2) == 2 and leap.horizon() == 4  # 0.114 s; 4 frames: 0.168 s
 
 
 def test_executed_into_is_the_action_of_the_step_before():
