@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dva.model.config import PRESETS, DVAConfig, preset
-from dva.model.dva import DVA, intent_mode, param_count
+from dva.model.dva import DVA, param_count
 from dva.model.frames import denorm_action, from_frames, norm_action, to_frames
 from dva.model.idm import IDM
 
@@ -745,27 +745,3 @@ def test_intent_steps_reads_the_next_k_actions_where_the_sequence_has_them():
     torch.testing.assert_close(l2 - l0, want, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="intent_steps"):
         tiny(intent_steps=2)
-
-
-def test_intent_modes_is_a_laplace_mixture_whose_most_probable_mean_is_the_intent():
-    """DVAConfig.intent_modes = M: the loss grows by the negative log-likelihood of a mixture of M
-    Laplace components per action (checked against torch.distributions), and intent() is the mean
-    of the most probable component, in px."""
-    m, x, act, l1, l0 = _with_and_without_head(action_aux=1.0, intent_modes=3)
-    with torch.no_grad():
-        ctx = m.context(x[:, :-1])
-        out = m.action_head(ctx.tokens.flatten(1)).view(-1, 15)  # (B * 3 positions, 5M)
-        logits, mu, log_b = out[:, :3], out[:, 3:9].view(-1, 3, 2), out[:, 9:].view(-1, 3, 2).clamp(-7, 0)
-        comp = torch.distributions.Independent(torch.distributions.Laplace(mu, log_b.exp()), 1)
-        mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits), comp)
-        nll = -mix.log_prob(norm_action(act[:, :-1].flatten(0, 1))).mean()
-        want_intent = denorm_action(mu[torch.arange(len(mu)), logits.argmax(-1)]).view(-1, 1, 2)
-        torch.testing.assert_close(m.intent(ctx), want_intent)
-    torch.testing.assert_close(l1 - l0, nll, rtol=1e-4, atol=1e-5)
-    # a mixture can put one component on each of two futures, where the L1 head answers their median
-    out = torch.zeros(1, 15)
-    out[0, :3] = torch.tensor([0.0, 5.0, 0.0])
-    out[0, 3:9] = torch.tensor([-0.5, 0.0, 0.5, 0.5, 0.0, 0.0])
-    torch.testing.assert_close(intent_mode(out), torch.tensor([[0.5, 0.5]]))
-    with pytest.raises(ValueError, match="intent_modes"):
-        tiny(intent_modes=3)

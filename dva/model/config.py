@@ -92,12 +92,6 @@ class DVAConfig:
     intent_steps: int = opt(1, "actions the action head reads off the context of frame t: a_t .. a_{t+K-1} (with "
                                "free_action 'intent' the first K frames a plan dreams take their action from the "
                                "last real frame's context)")
-    # Why intent_modes: the head's L1 regression answers the median of the expert's next moves; near
-    # the goal the expert picks one of several contact points for its last small push, their median
-    # is the disc itself, and the DVA parked there (docs/policy.md, stop 36)
-    intent_modes: int = opt(1, "1: the action head regresses each action (L1); M > 1: it predicts a mixture of M "
-                               "Laplace components per action (trained by their likelihood) and the intent is "
-                               "the mean of the most probable one, one committed move instead of the median")
     # Autoregressive dreams feed the model its own slightly wrong frames; trained on clean frames
     # only, `s` turned the T into a noisy cloud from the second dream step (docs/history.md)
     self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
@@ -169,9 +163,6 @@ class DVAConfig:
         if not 1 <= self.intent_steps <= 16 or (self.intent_steps > 1 and not self.action_aux):
             raise ValueError(f"intent_steps must be in [1, 16] and > 1 only with action_aux > 0, got "
                              f"{self.intent_steps} (action_aux={self.action_aux})")
-        if not 1 <= self.intent_modes <= 64 or (self.intent_modes > 1 and not self.action_aux):
-            raise ValueError(f"intent_modes must be in [1, 64] and > 1 only with action_aux > 0, got "
-                             f"{self.intent_modes} (action_aux={self.action_aux})")
         if self.free_action not in FREE_ACTIONS or (self.free_action == "intent" and not self.action_aux):
             raise ValueError(f"free_action must be one of {FREE_ACTIONS}, and 'intent' needs action_aux > 0 (the "
                              f"action head), got {self.free_action!r} (action_aux={self.action_aux})")

@@ -12,7 +12,6 @@ Inference (the contract the controller builds on):
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
@@ -35,34 +34,6 @@ MOVED_PX = 0.05
 _MIN_1_TAU = 1e-2
 
 
-def _mixture(out: torch.Tensor):
-    """Split the action head's mixture output (..., 5M) into logits (..., M), means (..., M, 2) and
-    log-scales (..., M, 2), all in the normalized action units of DVAConfig.action_range."""
-    m = out.shape[-1] // 5
-    logits, mu, log_b = out.split([m, 2 * m, 2 * m], dim=-1)
-    return logits, mu.unflatten(-1, (m, 2)), log_b.unflatten(-1, (m, 2)).clamp(-7.0, 0.0)
-
-
-def intent_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-action loss of the action head's output (..., 2) or (..., 5M) against target (..., 2),
-    normalized units: the L1 (mean over x, y) of a plain head, the negative log-likelihood of a
-    Laplace mixture (DVAConfig.intent_modes > 1)."""
-    if out.shape[-1] == 2:
-        return (out - target).abs().mean(-1)
-    logits, mu, log_b = _mixture(out)
-    logp = (-log_b - (target.unsqueeze(-2) - mu).abs() * torch.exp(-log_b)).sum(-1) - 2 * math.log(2.0)
-    return -torch.logsumexp(torch.log_softmax(logits, -1) + logp, -1)
-
-
-def intent_mode(out: torch.Tensor) -> torch.Tensor:
-    """The action the head commits to, (..., 2) normalized: a plain head's output, or the mean of the
-    mixture's most probable component."""
-    if out.shape[-1] == 2:
-        return out
-    logits, mu, _ = _mixture(out)
-    return mu.gather(-2, logits.argmax(-1)[..., None, None].expand(*mu.shape[:-2], 1, 2)).squeeze(-2)
-
-
 class DVA(nn.Module):
     def __init__(self, cfg: DVAConfig):
         super().__init__()
@@ -73,8 +44,7 @@ class DVA(nn.Module):
         self._record: list | None = None  # see record()
         # DVAConfig.action_aux: training only (the policy reads actions off dreams, not off this)
         n = cfg.d_model * cfg.tokens_per_frame
-        per_action = 2 if cfg.intent_modes == 1 else 5 * cfg.intent_modes  # mixture: (logit, mean 2, log-scale 2)
-        self.action_head = (nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, per_action * cfg.intent_steps))
+        self.action_head = (nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2 * cfg.intent_steps))
                             if cfg.action_aux else None)
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
@@ -183,12 +153,12 @@ class DVA(nn.Module):
         frame t against the data's, over the actions the sequence holds (actions (B, L, 2) px)."""
         B, L = actions.shape[:2]
         K = self.cfg.intent_steps
-        out = self.action_head(ctx.tokens.flatten(1)).float().view(B, L - 1, K, -1)
+        pred = self.action_head(ctx.tokens.flatten(1)).float().view(B, L - 1, K, 2)
         act = fr.norm_action(actions, self.cfg.action_range)  # (B, L, 2)
         idx = torch.arange(L - 1, device=act.device)[:, None] + torch.arange(K, device=act.device)  # (L-1, K)
-        valid = (idx < L).float()[None, :, :]  # a_{t+k} past the sequence's last action is not known
-        err = intent_error(out, act[:, idx.clamp(max=L - 1)]) * valid
-        return err.sum() / (valid.sum() * B)
+        valid = (idx < L).float()[None, :, :, None]  # a_{t+k} past the sequence's last action is not known
+        err = (pred - act[:, idx.clamp(max=L - 1)]).abs() * valid
+        return err.sum() / (valid.sum() * B * 2)
 
     def prev_actions(self, actions):
         """The action executed into each frame of a sequence, for actions (B, T, 2) px leading out
@@ -293,8 +263,8 @@ class DVA(nn.Module):
         that it renders one future, not the median of all of them."""
         if self.action_head is None:
             raise ValueError("this model has no action head (DVAConfig.action_aux = 0): it has no intent to read")
-        out = self.action_head(ctx.tokens.flatten(1)).view(-1, self.cfg.intent_steps, 2 if self.cfg.intent_modes == 1 else 5 * self.cfg.intent_modes)
-        return fr.denorm_action(intent_mode(out), self.cfg.action_range)
+        a = self.action_head(ctx.tokens.flatten(1)).view(-1, self.cfg.intent_steps, 2)
+        return fr.denorm_action(a, self.cfg.action_range)
 
     def velocity(self, x_tau, tau, ctx: Context, action=None):
         """Flow velocity at (x_tau, tau (B,)); action in pixel units (B, 2) or None."""
