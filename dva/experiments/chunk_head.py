@@ -45,8 +45,19 @@ if "--static" in argv:
 base, out, K, steps = argv[0], argv[1], int(argv[2]), int(argv[3])
 sources = [(a.split("=")[0], a.split("=")[1].rsplit(":", 1)[0], float(a.rsplit(":", 1)[1])) for a in argv[4:]]
 sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]  # noqa: E731
-base_file = base if base.endswith(".safetensors") else base + ".safetensors"
-CACHE = Path("runs/head_features") / sha(base_file)
+
+
+def trunk_sha(path) -> str:
+    """What the features depend on: the encoder's and the transformer's weights (not the head, IDM
+    or decoder, so checkpoints that share a trunk share the cache)."""
+    h = hashlib.sha256()
+    for k, v in sorted(ckpt.read(path)[0].items()):
+        if k.startswith(("model.encoder.", "model.transformer.")):
+            h.update(k.encode()), h.update(v.float().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+CACHE = Path("runs/head_features") / trunk_sha(base)
 planner, _ = load_planner(base, "cpu")
 model = planner.model.eval()
 W, N, D = 8, model.cfg.tokens_per_frame, model.cfg.d_model
