@@ -14,6 +14,8 @@ Held-out error per k on data/expert_dev before and after. Writes an inference ch
 
     python dva/experiments/chunk_head.py BASE OUT K STEPS NAME=DIR:WEIGHT ... [--static S]
 
+--static S: that share of each batch sees a static history (stop 36).
+
 The frozen trunk's features are cached per (BASE file, dataset manifest) under
 runs/head_features/: a second run on the same trunk computes only its new sources.
     # as run: /root/dva/runs/s42t_x /root/dva/runs/s42t_k2 2 6000 expert=data/expert:0.35 \
@@ -65,26 +67,12 @@ P0 = 2  # positions 2..7 of a window: at least 3 frames of history
 
 
 def features(root, stride=6, static=False):
-    """features_of(root, ...), cached per trunk and dataset manifest (torch.save, atomic rename)."""
-    kind = "static_" if static else ""
-    path = CACHE / f"{Path(root).name}_{sha(Path(root) / 'manifest.json')}_{kind}s{stride}_k{K}.pt"
-    if path.exists():
-        return torch.load(path)
-    f = features_of(root, stride, static)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(f, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
-    return f
-
-
-@torch.no_grad()
-def features_of(root, stride=6, static=False, batch=64):
     """Contexts (n, N*D) of the frozen trunk at positions 2..7 of 8-frame windows, the actions
     a_t .. a_{t+K-1} after each (n, K, 2) px and which of them the episode holds (n, K).
     static: one context per window instead, of its last frame seen 8 times (a disc that has not
-    moved for 8 steps: what the trunk sees where the DVA parks), with that frame's actions."""
+    moved for 8 steps: what the trunk sees where the DVA parks), with that frame's actions.
+    The contexts are cached per trunk and dataset manifest (torch.save, atomic rename)."""
     ds = load_dataset(root, frames=False)
-    frames = render_frames(torch.from_numpy(ds.states))  # (S, 96, 96, 3) uint8
     first = W - 1 if static else P0
     starts, acts, valid = [], [], []
     for i in range(len(ds.steps)):
@@ -94,7 +82,21 @@ def features_of(root, stride=6, static=False, batch=64):
             j = k + first + np.arange(W - first)[:, None] + np.arange(K)  # (positions, K) action index
             acts.append(ds.actions[a + np.minimum(j, T - 1)])
             valid.append(j < T)
-    starts = torch.tensor(starts)
+    acts = torch.from_numpy(np.stack(acts)).float().reshape(-1, K, 2)
+    valid = torch.from_numpy(np.stack(valid)).reshape(-1, K)
+    path = CACHE / f"{Path(root).name}_{sha(Path(root) / 'manifest.json')}_{'static_' if static else ''}s{stride}.pt"
+    if path.exists():
+        return torch.load(path), acts, valid
+    feats = contexts(render_frames(torch.from_numpy(ds.states)), torch.tensor(starts), static)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+    return feats, acts, valid
+
+
+@torch.no_grad()
+def contexts(frames, starts, static, batch=64):
+    """The trunk's contexts for the 8-frame windows starting at `starts` of frames (S, 96, 96, 3)."""
     feats = []
     for b in range(0, len(starts), batch):
         idx = starts[b:b + batch]
@@ -107,8 +109,7 @@ def features_of(root, stride=6, static=False, batch=64):
         x = frames[idx[:, None] + torch.arange(W)].permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
         c = model.context(x).tokens.view(len(idx), W, N * D)
         feats.append(c[:, P0:].reshape(-1, N * D).half())
-    acts = torch.from_numpy(np.stack(acts)).float().reshape(-1, K, 2)
-    return torch.cat(feats), acts, torch.from_numpy(np.stack(valid)).reshape(-1, K)
+    return torch.cat(feats)
 
 
 def l1_px(head, f, a, v):
