@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save
 
 from dva import checkpoint as ckpt
-from dva.data.store import load_dataset
+from dva.data.store import atomic_write_bytes, load_dataset, sha256_file
 from dva.policy import load_planner
 from dva.pusht.render import render_frames
 
@@ -43,7 +44,6 @@ torch.manual_seed(0)
 torch.set_num_threads(2)
 base, out, K, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 sources = [(a.split("=")[0], a.split("=")[1].rsplit(":", 1)[0], float(a.rsplit(":", 1)[1])) for a in sys.argv[5:]]
-sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]  # noqa: E731
 
 
 def trunk_sha(path) -> str:
@@ -68,7 +68,7 @@ def features(root, stride=6, static=False):
     a_t .. a_{t+K-1} after each (n, K, 2) px and which of them the episode holds (n, K).
     static: one context per window instead, of its last frame seen 8 times (a disc that has not
     moved for 8 steps: what the trunk sees where the DVA parks), with that frame's actions.
-    The contexts are cached per trunk and dataset manifest (torch.save, atomic rename)."""
+    The contexts are cached per trunk and dataset manifest (safetensors, written atomically)."""
     ds = load_dataset(root, frames=False)
     first = W - 1 if static else P0
     starts, acts, valid = [], [], []
@@ -81,13 +81,13 @@ def features(root, stride=6, static=False):
             valid.append(j < T)
     acts = torch.from_numpy(np.stack(acts)).float().reshape(-1, K, 2)
     valid = torch.from_numpy(np.stack(valid)).reshape(-1, K)
-    path = CACHE / f"{Path(root).name}_{sha(Path(root) / 'manifest.json')}_{'static_' if static else ''}s{stride}.pt"
+    manifest = sha256_file(Path(root) / "manifest.json")[:12]
+    path = CACHE / f"{Path(root).name}_{manifest}_{'static_' if static else ''}s{stride}.safetensors"
     if path.exists():
-        return torch.load(path), acts, valid
+        return load_file(path)["contexts"], acts, valid
     feats = contexts(render_frames(torch.from_numpy(ds.states)), torch.tensor(starts), static)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(feats, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
+    atomic_write_bytes(path, lambda f: f.write(save({"contexts": feats})))
     return feats, acts, valid
 
 
