@@ -272,8 +272,8 @@ class Leapfrog:
         # Where the plan's own actions start being executed: its committed prefix repeats what
         # runs anyway, so the join is at the first free action (or at take-over if that is later).
         self._join_step = max(step, plan.start + plan.committed)
-        # real time submits a plan twice (its first free action early, then the whole plan): the
-        # completion of the active plan is not another plan
+        # real time submits a plan as it grows (each free action as it is read, then the whole
+        # plan): a longer version of the active plan is not another plan
         if self.active is None or plan.start != self.active.start or plan.horizon <= self.active.horizon:
             self.plans += 1
         self.active = plan

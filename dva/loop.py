@@ -133,8 +133,8 @@ class InferenceThread(threading.Thread):
                 waited = launched - posted  # the newest frame waited for the previous plan
                 h = self.leap.horizon()
                 n = min(self.leap.landing_steps(h, waited), h)
-                # its first free action is submitted as soon as it is read (early), the whole plan
-                # (the frames that cover a late next plan) when it is done
+                # each free action is submitted as soon as it is read (early), so the plan's
+                # coverage grows frame by frame; the whole plan when it is done
                 plan = self.planner.plan(t, self.leap.committed(t, n), h, self.leap.executed_into(t),
                                          early=lambda p, t=t: self._submit(t, p))
                 # the plan's cost from its launch, of which all but the dreaming is fixed (observing

@@ -98,9 +98,9 @@ class DVAPlanner:
         executed: (2,) the action executed at step start-1 (into the observed frame), or None
         (unknown, e.g. at the start); read by models with DVAConfig.prev_action, as is each
         planned action by the next predicted frame.
-        early: called with the plan so far (a Plan up to its first free action) as soon as that
-        action is read, when frames remain to dream: real time submits it, so the new action
-        lands before the frames that only cover a late next plan are dreamed.
+        early: called with the plan so far (a Plan up to the action just read) after each free
+        action while frames remain to dream: real time submits it, so each action lands as soon
+        as it is read, not when the frames that only cover a late next plan are done.
         """
         if self._ctx is None:
             raise RuntimeError("DVAPlanner.plan: observe() a real frame first")
@@ -140,7 +140,7 @@ class DVAPlanner:
                 actions.append(a)
                 last_action = a
                 prev, cur = cur, nxt
-                if early is not None and j == n and j + 1 < horizon:
+                if early is not None and j >= n and j + 1 < horizon:
                     early(self._as_plan(start, frames, actions, committed, t0))
         finally:
             self.cache.rollback(mark)  # the cache holds real frames only, even after an error

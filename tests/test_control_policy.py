@@ -94,22 +94,25 @@ def test_committed_actions_condition_and_are_kept_exactly(tiny):
     assert not np.array_equal(plan.frames[0], other.frames[0])
 
 
-def test_early_hands_over_the_plan_up_to_its_first_free_action(tiny):
-    """plan(early=...) (real time submits it at once): called once, right after the first free
-    action, with exactly the plan's prefix; not called when nothing is left to dream."""
+def test_early_hands_over_the_plan_as_each_free_action_is_read(tiny):
+    """plan(early=...) (real time submits each at once): called after every free action but the
+    last, with exactly the plan's prefix up to it; not called when nothing is left to dream."""
     planner = DVAPlanner(*tiny)
     committed = np.array([[200.0, 300.0]])
     got = []
     planner.reset(5)
     planner.observe(frames(1)[0])
     plan = planner.plan(0, committed, 4, early=got.append)
-    assert len(got) == 1 and got[0].horizon == 2 and got[0].committed == 1 and got[0].start == 0
-    np.testing.assert_array_equal(got[0].actions, plan.actions[:2])
-    np.testing.assert_array_equal(got[0].frames, plan.frames[:2])
+    assert [p.horizon for p in got] == [2, 3]  # the 4th is the whole plan, returned
+    for p in got:
+        assert p.committed == 1 and p.start == 0
+        np.testing.assert_array_equal(p.actions, plan.actions[:p.horizon])
+        np.testing.assert_array_equal(p.frames, plan.frames[:p.horizon])
+    got.clear()
     planner.reset(5)
     planner.observe(frames(1)[0])
     planner.plan(0, np.zeros((0, 2)), 1, early=got.append)
-    assert len(got) == 1  # a 1-frame plan is its own first action
+    assert got == []  # a 1-frame plan is its own first action
 
 
 def test_policy_is_deterministic_and_reads_only_pixels(tiny):
