@@ -106,6 +106,11 @@ def main(argv=None) -> int:
     for what, r in res.items():
         print(f"{what}: base {r['base_mean']:.3f}, new {r['new_mean']:.3f}, new - base "
               f"{r['diff_mean']:+.3f} +- {r['diff_se']:.3f} (standard error, n = {r['n']})")
+    if "success per seed" in res:  # where the success difference comes from (McNemar's discordant pairs)
+        b, n = base["success per seed"], new["success per seed"]
+        count = lambda x, y: sum(b[k] == x and n[k] == y for k in b)  # noqa: E731
+        print(f"success outcomes: both {count(1, 1)}, base only {count(1, 0)}, new only {count(0, 1)}, "
+              f"neither {count(0, 0)}")
     if "score per seed" in res:
         ok = ships(res["score per seed"], res["success per seed"])
         print(f"ship rule: {'NEW beats BASE' if ok else 'NEW does not beat BASE'}")

@@ -176,7 +176,10 @@ def test_paired_difference_and_its_standard_error(tmp_path, capsys):
     # the score flat, success up 4 of 8 seeds (0.5 +- 0.19): ships; the same with the score down 4.0 SE: not
     a.write_text(json.dumps(ev([0.9] * 8, [False] * 8)))
     b.write_text(json.dumps(ev([0.9, 1.0, 0.9, 0.8] * 2, [True, True, False, False] * 2)))
-    assert main([str(a), str(b)]) == 0 and "NEW beats BASE" in capsys.readouterr().out
+    assert main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "success outcomes: both 0, base only 0, new only 4, neither 4" in out
+    assert out.strip().splitlines()[-1] == "ship rule: NEW beats BASE"  # still the last line
     b.write_text(json.dumps(ev([0.85, 0.9, 0.8, 0.8] * 2, [True, True, False, False] * 2)))
     assert main([str(a), str(b)]) == 0 and "does not beat" in capsys.readouterr().out
     b.write_text(json.dumps({"first_free_px_per_plan": [1.0, 2.0]}))

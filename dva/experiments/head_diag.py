@@ -1,13 +1,14 @@
 """Issue 21, stop 36 (docs/policy.md, "Why the DVA parks"): where the action head's reading of the
-expert's next move goes wrong. Four diagnostics on a DVA checkpoint (default: the package):
+expert's next move goes wrong. Diagnostics on a DVA checkpoint (default: the package):
 
     python dva/experiments/head_diag.py errors [CKPT]      # a_t error by move size and coverage; ridge probes
     python dva/experiments/head_diag.py static [CKPT]      # the head from the real vs a static history
     python dva/experiments/head_diag.py parked SEED [CKPT] # one lockstep episode: the head's intent vs the disc
     python dva/experiments/head_diag.py stay               # how often the expert's datasets "stay"
     python dva/experiments/head_diag.py ensemble CKPT      # a K-step head: a_t averaged over 1..K readings
+    python dva/experiments/head_diag.py pose               # how close the T must be for success, and what the frame shows
 
-All read held-out expert frames (data/expert_dev) or the datasets in data/; CPU, minutes at most
+All but `pose` read held-out expert frames (data/expert_dev) or the datasets in data/; CPU, minutes at most
 (`errors` fits its ridge probes on 400 episodes of data/expert: ~6 minutes on 2 cores).
 """
 import sys
@@ -143,6 +144,32 @@ def ensemble(ckpt):
         print(f"E = {E}: a_t error {np.linalg.norm(reads[:, :E].mean(1) - target, axis=1).mean():.2f} px")
 
 
+def pose():
+    """Stop 37: the T moved off the goal by d px (random direction, a rotation of similar corner
+    motion): the share of poses over gym-pusht's success coverage, and the 96 x 96 pixels that change."""
+    import math
+
+    from dva.pusht.env import SUCCESS_COVERAGE, PushTEnv
+
+    env, rng = PushTEnv(), np.random.default_rng(0)
+    goal = [100.0, 450.0, 256.0, 256.0, math.pi / 4]  # the disc out of the way
+
+    def frame(st):
+        return render_frames(torch.tensor([st], dtype=torch.float64))[0].int()
+
+    at_goal = frame(goal)
+    for d in (0.5, 1, 2, 3, 4, 6):
+        cov, changed = [], []
+        for _ in range(40):
+            th = rng.uniform(0, 2 * math.pi)
+            st = goal[:2] + [256.0 + d * math.cos(th), 256.0 + d * math.sin(th), math.pi / 4 + rng.normal(0, d / 60)]
+            env.reset_to_state(np.array(st))
+            cov.append(env.coverage())
+            changed.append(int(((frame(st) - at_goal).abs().max(-1).values > 8).sum()))
+        print(f"T off the goal by {d} px: coverage mean {np.mean(cov):.3f}, over {SUCCESS_COVERAGE} in "
+              f"{np.mean(np.array(cov) > SUCCESS_COVERAGE):.0%}; pixels changed (> 8/255) median {np.median(changed):.0f}")
+
+
 if __name__ == "__main__":
     what, rest = sys.argv[1], sys.argv[2:]
     torch.set_num_threads(2)
@@ -152,5 +179,7 @@ if __name__ == "__main__":
         stay()
     elif what == "ensemble":
         ensemble(rest[0])
+    elif what == "pose":
+        pose()
     else:
         {"errors": errors, "static": static}[what](rest[0] if rest else PACKAGE)
