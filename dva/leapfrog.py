@@ -29,12 +29,16 @@ class LeapfrogConfig:
     """How far plans look ahead. Steps are control steps of `dt` seconds (gym-pusht: 10 Hz)."""
 
     dt: float = 0.1  # control period (s)
-    # steps of slack beyond what the latency estimate needs. 0: real time submits each plan's first
-    # action as soon as it is read, so the later frames only cover a next plan that is late; with
-    # 1 on the 2-core CPU the package's 3-frame plans sat at ~90 ms, and where the 0.9 quantile
-    # crossed the 100 ms period the horizon jumped to 5 frames and stayed (p50 259 ms per plan,
-    # a new plan every ~3 steps); with 0: 2 frames, 58-63 ms, no deadline miss (docs/control.md)
+    # steps of slack beyond what the latency estimate needs. 0: real time submits each action as
+    # soon as it is read, so the later frames only cover a next plan that is late (with 1 and the
+    # rule of stop 35, on the 2-core CPU the package's plans went from 3 frames at ~90 ms to
+    # 5 frames at p50 259 ms; docs/control.md)
     margin: int = 0
+    # how far into its step a plan is scheduled to land its action for it (the physics tracks the
+    # old target until then; real time waits up to the step's last substep, 0.9). 0.7 leaves
+    # 20 ms for a plan slower than its estimate: on the 2-core CPU 0.9 missed 3.7% of steps at
+    # full speed and 2.7% at 45 ms per frame, 0.7 0.15% and 6.8%, the rule before 2.3% and 15.7%
+    land_by: float = 0.7
     h_init: int = 4  # horizon before any latency has been measured
     h_min: int = 2
     h_max: int = 16
@@ -176,41 +180,56 @@ class Leapfrog:
             return self._delay_steps(horizon)
 
     def landing_steps(self, horizon: int, waited_s: float = 0.0) -> int:
-        """Whole control steps that pass before a plan of `horizon` frames launched now, from a
-        frame that has already waited `waited_s`, lands (it takes over within the step after
-        them, dva.control --realtime): the actions it must take as committed. 0 when inference
-        is faster than one step; 1 before any measurement."""
+        """Whole control steps a plan launched now, from a frame that has already waited
+        `waited_s`, cannot reach: the actions it must take as committed. Real time submits each
+        action as soon as it is read, so that is the first step k whose action (after k + 1
+        dreamed frames) lands within step k (`land_by`): 0 when inference is faster than a step;
+        1 before any measurement; `horizon` when no action of the plan lands in time."""
         with self._lock:
-            est = self._estimate(horizon)
-            return 1 if est is None else math.floor((waited_s + est) / self.cfg.dt)
+            return self._landing_steps(horizon, waited_s)
 
-    def _estimate(self, horizon: int) -> float | None:
+    def _landing_steps(self, horizon: int, waited_s: float, observed: int = 1) -> int:
+        if self._n_lat == 0:
+            return 1
+        for k in range(horizon):
+            if waited_s + self._estimate(k + 1, observed) <= (k + self.cfg.land_by) * self.cfg.dt:
+                return k
+        return horizon
+
+    def _estimate(self, horizon: int, observed: int = 1) -> float | None:
         n = min(self._n_lat, self.cfg.window)
         if n == 0:
             return None
         dream, hs, fixed = self._lat[:n, 0], self._lat[:n, 1], self._lat[:n, 2]
         # Scale each measured plan to `horizon` frames: the dreaming part is linear in frames,
-        # the fixed part (observing one real frame) is not.
-        return float(np.quantile(fixed + dream * horizon / np.maximum(hs, 1), self.cfg.quantile))
+        # the fixed part (observing the real frames that arrived, `observed`) is not.
+        return float(np.quantile(fixed * observed + dream * horizon / np.maximum(hs, 1), self.cfg.quantile))
 
     def _delay_steps(self, horizon: int) -> int:
         est = self._estimate(horizon)
         return 1 if est is None else max(1, math.ceil(est / self.cfg.dt))
 
-    def horizon(self) -> int:
-        """Frames the next plan should predict so the controller never runs out of actions.
+    def horizon(self, waited_s: float = 0.0) -> int:
+        """Frames the next plan should predict so the controller never runs out of actions; its
+        frame has already waited `waited_s` (known at launch) for the previous plan.
 
-        A plan launched at step t activates after d steps; the next one is launched about then
-        and activates d steps later, so this plan must cover ~2d steps, plus the margin.
+        Real time submits each action as soon as it is read, so a plan launched from the frame of
+        step t must reach past its own committed steps (`landing_steps`) and last until the
+        *next* plan's actions take over: that one launches when this one is done (or at the next
+        frame, if that is later), observes the frames that arrived meanwhile, plans from the
+        newest, and must land its action for step t+h within that step; `margin` steps early.
         """
         c = self.cfg
         with self._lock:
             if self._n_lat == 0:
                 return c.h_init
             for h in range(c.h_min, c.h_max + 1):
-                if h >= 2 * self._delay_steps(h) + c.margin:
+                launch = max(waited_s + self._estimate(h), c.dt)  # the next plan's, after frame t
+                k = math.floor(launch / c.dt)  # the newest frame then is t + k
+                if (self._landing_steps(h, waited_s) < h and k <= h - c.margin
+                        and self._landing_steps(h - k + 1, launch - k * c.dt, observed=k) <= h - k - c.margin):
                     return h
-            # Too slow to keep up (over half a period per predicted frame): gaps, i.e. deadline
+            # Too slow to keep up (about a period per predicted frame): gaps, i.e. deadline
             # misses, are unavoidable and their share hardly depends on h, so take the shortest
             # plan that still outlives its own latency: its actions are the freshest.
             for h in range(c.h_min, c.h_max + 1):

@@ -76,7 +76,8 @@ class InferenceThread(threading.Thread):
         self.planner, self.leap = planner, leap
         self._cv = threading.Condition()
         self._inbox: list[tuple[int, np.ndarray, float]] = []  # (step, frame, time posted)
-        self._landed: dict[int, float] = {}  # plan start step -> when it was submitted
+        # (plan start, step) -> when that plan's action for the step was first submitted
+        self._landed: dict[tuple[int, int], float] = {}
         self._halt = False
         self.error: BaseException | None = None
 
@@ -88,24 +89,26 @@ class InferenceThread(threading.Thread):
     def _submit(self, t: int, plan) -> None:
         with self._cv:  # atomic with take(): a plan has landed or it has not
             self.leap.submit(plan)
-            self._landed = {s: v for s, v in self._landed.items() if s > t - 8}
-            self._landed.setdefault(t, time.perf_counter())  # when its first action landed
+            now = time.perf_counter()
+            self._landed = {k: v for k, v in self._landed.items() if k[0] > t - 8}
+            for s in range(plan.start + plan.committed, plan.start + plan.horizon):
+                self._landed.setdefault((plan.start, s), now)  # (committed ones run anyway)
             self._cv.notify_all()
 
     def take(self, k: int, tick: float, dt: float) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
         """The control side of step k (whose frame was taken at `tick`): wait, at most until the
         step ends, for the plan made from frame k; then (target, held, miss, hold_substeps): the
-        step tracks `held` for hold_substeps substeps (until the plan that took over landed) and
-        `target` for the rest."""
+        step tracks `held` for hold_substeps substeps (until the action that runs landed: plans
+        are submitted action by action) and `target` for the rest."""
         # a plan landing in the step's last substep could not act in it: stop waiting there,
         # which leaves that substep for the physics and the frame
         until = tick + dt * (SUBSTEPS - 1) / SUBSTEPS
         with self._cv:  # (the first plan is made before the clock: no wait at step 0)
-            self._cv.wait_for(lambda: max(self._landed, default=0) >= k or self._halt or self.error is not None,
-                              timeout=max(0.0, until - time.perf_counter()))
-            held, before = self.leap.target(k), self.leap.active
+            self._cv.wait_for(lambda: max((s for s, _ in self._landed), default=0) >= k or self._halt
+                              or self.error is not None, timeout=max(0.0, until - time.perf_counter()))
+            held = self.leap.target(k)
             a, miss = self.leap.action(k)
-            landed = self._landed.get(self.leap.active.start) if self.leap.active is not before else None
+            landed = None if miss else self._landed.get((self.leap.active.start, k))
         if landed is None or held is None or landed <= tick:
             return a, held, miss, 0
         return a, held, miss, min(SUBSTEPS, math.ceil((landed - tick) / (dt / SUBSTEPS)))
@@ -131,7 +134,7 @@ class InferenceThread(threading.Thread):
                     self.planner.observe(frame)
                 t, _, posted = batch[-1]
                 waited = launched - posted  # the newest frame waited for the previous plan
-                h = self.leap.horizon()
+                h = self.leap.horizon(waited)
                 n = min(self.leap.landing_steps(h, waited), h)
                 # each free action is submitted as soon as it is read (early), so the plan's
                 # coverage grows frame by frame; the whole plan when it is done

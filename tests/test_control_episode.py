@@ -146,7 +146,9 @@ def test_realtime_leapfrog_with_slow_model_never_starves(tiny_ckpt, env):
     assert rec["deadline_misses"] == 0 and rec["stale_plans"] == 0, summary
     assert rec["plans"] >= 3, summary
     assert rec["latency_ms"]["p50"] > 1000.0, summary  # the harness really is slower than one period...
-    assert rec["horizon"]["max"] >= 6, summary  # ...and the horizon grew to cover it (h >= 2 * 2 + 2)
+    # ...and the horizon grew past h_init to cover it: the next plan, launched when this one is
+    # done, must land its actions 3 steps (the margin) before this one runs out
+    assert rec["horizon"]["max"] >= 5, summary
     # plans join continuously: every plan starts from exactly the actions that were executed
     committed_total = 0
     for p in planner.plans[1:]:
