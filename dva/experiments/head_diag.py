@@ -25,8 +25,8 @@ W = 8  # frames per window, as the head's training (chunk_head.py)
 
 
 def windows(root, stride, first, max_eps=None):
-    """(frame index of each window's frames (n, 8), the action, disc position and coverage at
-    positions first..7 of each window, flattened (n * (8 - first), ...)) of a dataset."""
+    """(frame index of each window's frames (n, 8), the action, disc position, coverage and the T's
+    position at positions first..7 of each window, flattened (n * (8 - first), ...)) of a dataset."""
     ds = load_dataset(root, frames=False)
     idx, acts, pos, cov = [], [], [], []
     for i in range(len(ds.steps) if max_eps is None else min(max_eps, len(ds.steps))):
@@ -34,8 +34,9 @@ def windows(root, stride, first, max_eps=None):
         for k in range(0, T + 1 - W + 1, stride):
             j = k + np.arange(first, W)
             idx.append(s + k + np.arange(W))
-            acts.append(ds.actions[a + np.minimum(j, T - 1)]), pos.append(ds.states[s + j, :2]), cov.append(ds.coverage[s + j])
-    return ds, np.array(idx), *(np.concatenate(x) for x in (acts, pos, cov))
+            acts.append(ds.actions[a + np.minimum(j, T - 1)]), pos.append(ds.states[s + j]), cov.append(ds.coverage[s + j])
+    acts, state, cov = (np.concatenate(x) for x in (acts, pos, cov))
+    return ds, np.array(idx), acts, state[:, :2], cov, state[:, 2:4]
 
 
 @torch.no_grad()
@@ -57,7 +58,7 @@ def head_px(model, ctx):
 
 def errors(ckpt):
     model = load_planner(ckpt, "cpu")[0].model.eval()
-    ds, idx, act, pos, cov = windows("data/expert_dev", 1, 2)
+    ds, idx, act, pos, cov, tee = windows("data/expert_dev", 1, 2)
     ctx = contexts(model, render_frames(torch.from_numpy(ds.states)), idx, 2)
     err, move = np.linalg.norm(head_px(model, ctx) - act, axis=1), np.linalg.norm(act - pos, axis=1)
     print(f"head a_t error {err.mean():.2f} px (median {np.median(err):.2f}), {len(err)} contexts of data/expert_dev")
@@ -67,11 +68,12 @@ def errors(ckpt):
     for lo, hi in [(0, .5), (.5, .8), (.8, .9), (.9, .95), (.95, 1.1)]:
         m = (cov >= lo) & (cov < hi)
         print(f"  coverage [{lo}, {hi}): n {m.sum():5d}  head {err[m].mean():.2f} px  |a_t - p_t| {move[m].mean():.2f}")
-    tds, tidx, tact, tpos, _ = windows("data/expert", 2, 2, max_eps=400)
+    tds, tidx, tact, tpos, _, ttee = windows("data/expert", 2, 2, max_eps=400)
     X = contexts(model, render_frames(torch.from_numpy(tds.states)), tidx, 2).float()
     mean = X.mean(0)
     A = (X - mean).T @ (X - mean) + 10.0 * torch.eye(X.shape[1])
-    for name, y, truth in [("disc p_t", tpos, pos), ("a_t", tact, act), ("a_t - p_t", tact - tpos, act - pos)]:
+    for name, y, truth in [("disc p_t", tpos, pos), ("T position", ttee, tee), ("a_t", tact, act),
+                           ("a_t - p_t", tact - tpos, act - pos)]:
         y = torch.tensor(y).float()
         w = torch.linalg.solve(A, (X - mean).T @ (y - y.mean(0)))
         pred = (ctx.float() - mean) @ w + y.mean(0)
@@ -80,7 +82,7 @@ def errors(ckpt):
 
 def static(ckpt):
     model = load_planner(ckpt, "cpu")[0].model.eval()
-    ds, idx, act, pos, cov = windows("data/expert_dev", 3, W - 1)
+    ds, idx, act, pos, cov, _ = windows("data/expert_dev", 3, W - 1)
     frames = render_frames(torch.from_numpy(ds.states))
     near = cov > 0.85
     for name, windows_ in [("real history", idx), ("static history", np.repeat(idx[:, -1:], W, 1))]:
@@ -134,7 +136,7 @@ def ensemble(ckpt):
     t-K+1 (each reading k steps ahead), averaged over the newest E of them, against the expert."""
     model = load_planner(ckpt, "cpu")[0].model.eval()
     K = model.cfg.intent_steps
-    ds, idx, act, _, _ = windows("data/expert_dev", 6, 2)
+    ds, idx, act, _, _, _ = windows("data/expert_dev", 6, 2)
     ctx = contexts(model, render_frames(torch.from_numpy(ds.states)), idx, 2)
     with torch.no_grad():
         r = ((model.action_head(ctx.float()).view(len(idx), W - 2, K, 2) + 1) * 256).numpy()
