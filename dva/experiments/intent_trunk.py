@@ -37,8 +37,6 @@ ap.add_argument("out", help="weights + state, resumed when it exists")
 ap.add_argument("base", help="the checkpoint whose trunk (and head, if it has one) is trained")
 ap.add_argument("sources", nargs="*", metavar="NAME=DIR:WEIGHT", help="the data mix (default expert=data/expert:1)")
 ap.add_argument("--lr", type=float, default=3e-4, help="peak LR of the trunk; the head's is 10/3 of it")
-ap.add_argument("--pose", type=float, default=0.0,
-                help="weight of an auxiliary target: the T's pose (x, y, cos, sin) read off every position's context")
 args = ap.parse_intermixed_args()
 torch.manual_seed(0)
 torch.set_num_threads(args.threads)
@@ -87,17 +85,10 @@ print(f"data {', '.join(f'{n} {len(d[1])}' for (n, _, _), d in zip(sources, trai
 head = copy.deepcopy(model.action_head) if model.action_head is not None else \
     nn.Sequential(nn.Linear(N * D, 512), nn.SiLU(), nn.Linear(512, 2))
 head = head.float()
-pose_head = nn.Sequential(nn.Linear(N * D, 256), nn.SiLU(), nn.Linear(256, 4))  # used when --pose > 0
 trunk = list(model.encoder.parameters()) + list(model.transformer.parameters())
-heads = list(head.parameters()) + list(pose_head.parameters())
-opt = torch.optim.AdamW([{"params": trunk, "lr": args.lr}, {"params": heads, "lr": args.lr * 10 / 3}], weight_decay=0.01)
+opt = torch.optim.AdamW([{"params": trunk, "lr": args.lr}, {"params": head.parameters(), "lr": args.lr * 10 / 3}], weight_decay=0.01)
 base_lr = [g["lr"] for g in opt.param_groups]
-parts = {"encoder": model.encoder, "transformer": model.transformer, "head": head, "pose": pose_head}
-
-
-def pose_of(states, idx):  # (B, W, 4): the T's x, y in [-1, 1] and its angle as cos, sin
-    st = states[idx[:, None] + torch.arange(W)].float()
-    return torch.cat([st[..., 2:4] / 256 - 1, st[..., 4:5].cos(), st[..., 4:5].sin()], -1)
+parts = {"encoder": model.encoder, "transformer": model.transformer, "head": head}
 gen = torch.Generator().manual_seed(1)
 start, log = 0, []
 if ckpt.paths(out)[0].exists():  # resume: weights, optimizer, sampler, log
@@ -112,16 +103,12 @@ if ckpt.paths(out)[0].exists():  # resume: weights, optimizer, sampler, log
 
 @torch.no_grad()
 def evaluate():
-    """Held-out a_t error (px); with --pose, the T's position error (px) is printed too."""
     model.eval(), head.eval()
-    errs, pose_errs = [], []
+    errs = []
     for i in range(0, len(teS), 64):
-        c = ctx_of(model, to_x(teX, teS[i:i + 64]))
-        errs.append(((head(c[:, 2:]) + 1) * 256 - teA[i:i + 64, 2:]).norm(dim=-1).flatten())
-        pose_errs.append(((pose_head(c)[..., :2] - pose_of(teX, teS[i:i + 64])[..., :2]) * 256).norm(dim=-1).flatten())
+        c = ctx_of(model, to_x(teX, teS[i:i + 64]))[:, 2:]
+        errs.append(((head(c) + 1) * 256 - teA[i:i + 64, 2:]).norm(dim=-1).flatten())
     model.train(), head.train()
-    if args.pose:
-        print(f"  held-out T position {torch.cat(pose_errs).mean().item():.2f} px", flush=True)
     return torch.cat(errs).mean().item()
 
 
@@ -129,8 +116,7 @@ def save(step):
     tensors = {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
     tensors.update(ckpt.optimizer_tensors(opt), gen_state=gen.get_state())
     ckpt.save(out, tensors, {"config": model.cfg.to_dict(), "log": log, "step": step, "sources": sources,
-                             "base": args.base, "keep_w": keep_w, "steps": steps, "lr": args.lr,
-                             "pose": args.pose})
+                             "base": args.base, "keep_w": keep_w, "steps": steps, "lr": args.lr})
 
 
 if start == 0:
@@ -143,13 +129,13 @@ for step in range(start + 1, steps + 1):
     for g, b in zip(opt.param_groups, base_lr):
         g["lr"] = b * lr_f
     src = torch.multinomial(w, B, replacement=True, generator=gen) if len(sources) > 1 else torch.zeros(B, dtype=torch.long)
-    x, act, pose = [], [], []
+    x, act = [], []
     for i, (states, starts, acts) in enumerate(train):
         n = int((src == i).sum())
         if n:
             sel = torch.randint(len(starts), (n,), generator=gen)
-            x.append(to_x(states, starts[sel])), act.append(acts[sel]), pose.append(pose_of(states, starts[sel]))
-    x, act, pose = torch.cat(x), torch.cat(act), torch.cat(pose)
+            x.append(to_x(states, starts[sel])), act.append(acts[sel])
+    x, act = torch.cat(x), torch.cat(act)
     x = random_shift(x.flatten(1, 2), 4, gen).view_as(x)
     c = ctx_of(model, x)
     with torch.no_grad():
@@ -157,8 +143,6 @@ for step in range(start + 1, steps + 1):
     l_act = (head(c[:, 2:]) - (act[:, 2:] / 256 - 1)).abs().mean()
     l_keep = F.mse_loss(c, c_old) / c_old.pow(2).mean()
     loss = l_act + keep_w * l_keep
-    if args.pose:  # (a shifted frame shifts the goal with the T: the pose relative to the goal, the target, stays)
-        loss = loss + args.pose * (pose_head(c) - pose).abs().mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
