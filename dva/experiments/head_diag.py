@@ -152,9 +152,11 @@ def pose():
     import math
 
     from dva.pusht.env import SUCCESS_COVERAGE, PushTEnv
+    from dva.pusht.render import GOAL_POSE
 
     env, rng = PushTEnv(), np.random.default_rng(0)
-    goal = [100.0, 450.0, 256.0, 256.0, math.pi / 4]  # the disc out of the way
+    gx, gy, ga = GOAL_POSE
+    goal = [100.0, 450.0, gx, gy, ga]  # the disc out of the way
 
     def frame(st):
         return render_frames(torch.tensor([st], dtype=torch.float64))[0].int()
@@ -164,7 +166,7 @@ def pose():
         cov, changed = [], []
         for _ in range(40):
             th = rng.uniform(0, 2 * math.pi)
-            st = goal[:2] + [256.0 + d * math.cos(th), 256.0 + d * math.sin(th), math.pi / 4 + rng.normal(0, d / 60)]
+            st = goal[:2] + [gx + d * math.cos(th), gy + d * math.sin(th), ga + rng.normal(0, d / 60)]
             env.reset_to_state(np.array(st))
             cov.append(env.coverage())
             changed.append(int(((frame(st) - at_goal).abs().max(-1).values > 8).sum()))
