@@ -136,7 +136,7 @@ class DVAPlanner:
                     a = cond
                 else:
                     a = self.idm(prev, cur, nxt).float().clamp(ACTION_LOW, ACTION_HIGH)  # (1, 2) pixels
-                frames.append(nxt)
+                frames.append(m.to_frames(nxt).cpu().numpy()[0])  # once per frame: early plans reuse it
                 actions.append(a)
                 last_action = a
                 prev, cur = cur, nxt
@@ -147,7 +147,7 @@ class DVAPlanner:
         return self._as_plan(start, frames, actions, committed, t0)
 
     def _as_plan(self, start, frames, actions, committed, t0) -> Plan:
-        out_frames = self.model.to_frames(torch.cat(frames)).cpu().numpy()  # (h, 96, 96, 3) uint8
+        out_frames = np.stack(frames)  # (h, 96, 96, 3) uint8
         out_actions = torch.cat(actions).double().cpu().numpy()  # (h, 2)
         n = len(committed)
         out_actions[:n] = committed  # exactly what the controller executes (no float32 round trip)
