@@ -7,6 +7,7 @@ expert's next move goes wrong. Diagnostics on a DVA checkpoint (default: the pac
     python dva/experiments/head_diag.py stay               # how often the expert's datasets "stay"
     python dva/experiments/head_diag.py ensemble CKPT      # a K-step head: a_t averaged over 1..K readings
     python dva/experiments/head_diag.py pose               # how close the T must be for success, and what the frame shows
+    python dva/experiments/head_diag.py agree CKPT BC ...  # do two policies' a_t errors agree? (DVA checkpoints, BC runs)
 
 All but `pose` read held-out expert frames (data/expert_dev) or the datasets in data/; CPU, minutes at most
 (`errors` fits its ridge probes on 400 episodes of data/expert: ~6 minutes on 2 cores).
@@ -174,6 +175,38 @@ def pose():
               f"{np.mean(np.array(cov) > SUCCESS_COVERAGE):.0%}; pixels changed (> 8/255) median {np.median(changed):.0f}")
 
 
+def agree(paths):
+    """Stop 38: a_t read by each policy (a DVA checkpoint's head, or a BC checkpoint: dva.bc, its
+    first action off the last two frames) on the same held-out expert frames; per pair the
+    correlation of their errors and the error of their mean. Errors the models share (correlation
+    near 1) are what the frames do not say or what both miss; uncorrelated ones average out."""
+    from dva.bc import BCNet, load_checkpoint
+    from dva.checkpoint import load_into, section
+
+    ds, idx, act, _, cov, _ = windows("data/expert_dev", 1, 2)
+    frames, near, pred = render_frames(torch.from_numpy(ds.states)), cov > 0.85, {}
+    for p in paths:
+        if p.endswith("/bc") or p.endswith("bc.safetensors"):
+            tensors, _, cfg = load_checkpoint(p)
+            net = BCNet(cfg)
+            load_into(net, section(tensors, "model"), p)
+            pairs = torch.as_tensor(np.stack([idx[:, 1:-1], idx[:, 2:]], -1).reshape(-1, 2))  # (t-1, t) at positions 2..7
+            with torch.no_grad():
+                out = torch.cat([net.eval()(BCNet.to_input(frames[pairs[i:i + 256]]))[:, 0] for i in range(0, len(pairs), 256)])
+            pred[p] = ((out + 1) * 256).clamp(0, 512).numpy()
+        else:
+            model = load_planner(p, "cpu")[0].model.eval()
+            pred[p] = head_px(model, contexts(model, frames, idx, 2))
+        e = np.linalg.norm(pred[p] - act, axis=1)
+        print(f"{p}: a_t error {e.mean():.2f} px (near the goal, coverage > 0.85: {e[near].mean():.2f})")
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            ea, eb = pred[a] - act, pred[b] - act
+            corr = (ea * eb).sum() / np.sqrt((ea ** 2).sum() * (eb ** 2).sum())
+            e = np.linalg.norm((pred[a] + pred[b]) / 2 - act, axis=1)
+            print(f"{a} & {b}: error correlation {corr:.2f}, their mean {e.mean():.2f} px (near the goal {e[near].mean():.2f})")
+
+
 if __name__ == "__main__":
     what, rest = sys.argv[1], sys.argv[2:]
     torch.set_num_threads(2)
@@ -185,5 +218,7 @@ if __name__ == "__main__":
         ensemble(rest[0])
     elif what == "pose":
         pose()
+    elif what == "agree":
+        agree(rest)
     else:
         {"errors": errors, "static": static}[what](rest[0] if rest else PACKAGE)
