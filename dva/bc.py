@@ -15,12 +15,14 @@ the DVA learns more per demonstration than plain BC (issue 21, docs/policy.md).
 Training is deterministic by step (batch and augmentation from a generator seeded by
 (seed, step)) and writes OUT/bc (bc.safetensors + bc.json, dva.checkpoint's format) every `--save-every` seconds
 and at the end, with the optimizer state, so re-running the same command continues exactly where it stopped.
-Ctrl-C saves and exits.
+Ctrl-C saves and exits. A resume checks that it is the same run: --steps, --batch, --lr, --seed, the
+source weights and the data's content (a re-collection of the same seeds resumes; other data is refused).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -94,10 +96,14 @@ class BCData:
 
         if isinstance(sources, (str, Path)):
             sources = [(sources, 1.0)]
-        frames, cur, prev, acts, self.sizes = [], [], [], [], []
+        frames, cur, prev, acts, self.sizes, self.digests = [], [], [], [], [], []
         base = 0
         for root, _ in sources:
             ds = load_dataset(root, progress=progress, frames=False)
+            h = hashlib.sha256()  # what the samples are made of (a re-collection of the same seeds matches)
+            for a in (ds.steps, ds.states, ds.actions):
+                h.update(np.ascontiguousarray(a).tobytes())
+            self.digests.append(h.hexdigest()[:16])
             frames.append(render_frames(torch.from_numpy(ds.states)))  # (N, 96, 96, 3) uint8 (chunked on the CPU)
             n0 = len(cur)
             for i in range(len(ds.steps)):
@@ -156,6 +162,17 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
 
+def check_same_run(out, was: dict, now: dict) -> None:
+    """A resumed run must be the run that was started: the same schedule, batch, seed, source
+    weights and data (by content: the datasets may have been collected again, byte for byte the
+    same episodes or not). Raises ValueError naming the checkpoint and what differs."""
+    for k in now:
+        if k in was and was[k] != now[k]:
+            flag = {"weights": "--data weights", "data_sha": "--data contents (sha256 of steps, states, actions)"}.get(k, f"--{k}")
+            raise ValueError(f"{out}: this run was started with {flag} {was[k]}, this command has {now[k]}; "
+                             f"re-run the command that started it, or train a new run (another --out, or --init {out})")
+
+
 def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, BCConfig]:
     """(tensors, meta, config) of a BC checkpoint (dva.checkpoint's safetensors + JSON; a stem,
     x.json or x.safetensors). Raises ValueError naming the file and the reason."""
@@ -195,7 +212,16 @@ def train(args) -> int:
         ckpt.load_optimizer(opt, tensors, out)
         step, seconds, log, (loss_sum, n) = meta["step"], meta["seconds"], meta["log"], meta["window"]
     sources = parse_data(args.data)
+    run = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+           "weights": [w for _, w in sources]}  # what a resume must repeat for the run to be the same run
+    if meta is not None and "run" in meta:
+        check_same_run(out, meta["run"], run)
     data = BCData(sources, cfg.chunk)
+    run["data_sha"] = data.digests
+    if meta is not None and "run" in meta:
+        check_same_run(out, meta["run"], run)
+    elif meta is not None:
+        print(f"[dva.bc] {out} predates the resume check: recording this command's flags and data", flush=True)
     names = ", ".join(f"{d} ({n} x {w:g})" for (d, w), n in zip(sources, data.sizes))
     print(f"[dva.bc] {len(data)} samples from {names}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
           f"parameters, batch {args.batch}, {args.steps} steps", flush=True)
@@ -204,7 +230,7 @@ def train(args) -> int:
         ckpt.save(out, {**{f"model.{k}": v for k, v in net.state_dict().items()}, **ckpt.optimizer_tensors(opt)},
                   {"config": dataclasses.asdict(cfg), "step": step, "seconds": seconds, "log": log,
                    "window": [loss_sum, n], "data": [f"{d}:{w:g}" for d, w in sources],
-                   "init": init_from})
+                   "init": init_from, "run": run})
 
     pbar = tqdm(total=args.steps, initial=step, desc="bc", dynamic_ncols=True, mininterval=2.0)
     last_save = time.perf_counter()
@@ -290,7 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", default=["data/expert"],
                    help="datasets (dva.collect), each DIR or DIR:WEIGHT: a sample's source is drawn by weight "
                         "(e.g. data/expert:0.35 data/approach:0.15 data/recovery_pkg:0.5, the mix the DVA trained on)")
-    p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc is resumed if present")
+    p.add_argument("--out", type=Path, default=Path("runs/bc"), help="run folder; OUT/bc is resumed if present (with the flags and data it started with: checked)")
     p.add_argument("--steps", type=int, default=7000, help="optimizer steps (cosine LR to zero at the last)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -92,6 +92,22 @@ def test_ctrl_c_saves_and_the_same_command_continues_exactly(data, tmp_path, mon
         assert torch.equal(ta[k], tb[k]), f"{k}: the resumed run differs from the straight one"
 
 
+def test_resume_refuses_another_schedule_or_other_data(data, tmp_path, capsys):
+    cmd = ["--data", str(data), "--steps", "4", *SMALL, "--out", str(tmp_path / "r")]
+    assert main([*cmd[:3], "2", *cmd[4:]]) == 0  # a 2-step run, then resumed as a 4-step one: another schedule
+    assert read(tmp_path / "r" / "bc")[1]["run"]["steps"] == 2
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "r" / "bc") in err and "--steps 2" in err
+    other = tmp_path / "other"
+    make_dataset(other, [5, 3, 6], shard_size=2, seed0=7)  # same shape, other episodes
+    assert main(["--data", str(other), *cmd[2:3], "2", *cmd[4:]]) == 2
+    assert "--data contents" in capsys.readouterr().err
+    copy = tmp_path / "copy"  # the same episodes written again elsewhere: the same data
+    make_dataset(copy, [5, 3, 6], shard_size=2)
+    assert main(["--data", str(copy), *cmd[2:3], "2", *cmd[4:]]) == 0
+
+
 def test_init_starts_a_new_run_from_another_runs_weights(data, tmp_path):
     assert main(["--data", str(data), "--steps", "3", *SMALL, "--out", str(tmp_path / "a")]) == 0
     # the flags name another model size: --init's config wins, its weights are the start
