@@ -165,6 +165,22 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     return meta
 
 
+# the TrainConfig fields that make a run what it is: a resume must repeat them (--out, --stop-after,
+# --device, --threads, logging and validation cadence may change)
+RUN_FIELDS = ("model", "data", "mix", "seq_len", "batch_size", "steps", "lr", "warmup", "min_lr_frac",
+              "weight_decay", "grad_clip", "ema", "seed", "val_fraction")
+
+
+def check_same_run(path, saved: dict, mine: dict) -> None:
+    """--resume continues the run that was started: the same data, mix, schedule, batch and seed
+    (another --steps would silently bend the LR schedule, another --data change the data mid-run)."""
+    diff = [f"--{k.replace('_', '-')} {saved[k]} vs {mine[k]}" for k in RUN_FIELDS if k in saved and saved[k] != mine[k]]
+    if diff:
+        raise ckpt.CheckpointError(f"{ckpt.paths(path)[0]}: this run was started with other training flags "
+                                   f"({'; '.join(diff)}); re-run the command that started it, or start a new run "
+                                   f"from its weights with --init")
+
+
 def meta_for(cfg: TrainConfig, mcfg: DVAConfig, step: int, data_mix: dict, metrics: dict | None = None) -> dict:
     return {"config": mcfg.to_dict(), "train": dataclasses.asdict(cfg), "step": step, "commit": ckpt.git_commit(),
             "data_mix": data_mix, "metrics": metrics or {}}
@@ -229,6 +245,7 @@ def _train(cfg: TrainConfig) -> dict:
     if resume:
         path = out / "ckpt" if resume == "auto" else resume
         meta = load_state(path, model, ema, opt, mcfg)
+        check_same_run(path, meta.get("train", {}), dataclasses.asdict(cfg))
         step = int(meta["step"])
     elif cfg.init:
         meta = load_state(cfg.init, model, ema, None, mcfg)

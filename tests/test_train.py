@@ -125,6 +125,9 @@ def test_resume_with_other_config_is_refused(dataset, tmp_path, capsys):
     assert main(args(dataset, tmp_path, *common, "--resume", "auto", "--sampler-steps", "2")) == 2
     err = capsys.readouterr().err
     assert "model config differs" in err and "sampler_steps: 4 vs 2" in err
+    assert main(args(dataset, tmp_path, *common[2:], "--steps", "3", "--resume", "auto")) == 2  # another schedule
+    err = capsys.readouterr().err
+    assert "other training flags" in err and "--steps 2 vs 3" in err
     st = tmp_path / "ckpt.safetensors"
     st.write_bytes(st.read_bytes()[:-100])
     assert main(args(dataset, tmp_path, *common, "--resume", "auto")) == 2
