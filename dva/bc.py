@@ -156,21 +156,14 @@ def parse_data(items) -> list[tuple[Path, float]]:
     return out
 
 
+RUN_FLAGS = {"steps": "--steps", "batch": "--batch", "lr": "--lr", "seed": "--seed", "weights": "--data weights",
+             "data_sha": "--data contents (sha256 of steps, states, actions)"}
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
-
-
-def check_same_run(out, was: dict, now: dict) -> None:
-    """A resumed run must be the run that was started: the same schedule, batch, seed, source
-    weights and data (by content: the datasets may have been collected again, byte for byte the
-    same episodes or not). Raises ValueError naming the checkpoint and what differs."""
-    for k in now:
-        if k in was and was[k] != now[k]:
-            flag = {"weights": "--data weights", "data_sha": "--data contents (sha256 of steps, states, actions)"}.get(k, f"--{k}")
-            raise ValueError(f"{out}: this run was started with {flag} {was[k]}, this command has {now[k]}; "
-                             f"re-run the command that started it, or train a new run (another --out, or --init {out})")
 
 
 def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, BCConfig]:
@@ -212,14 +205,11 @@ def train(args) -> int:
         ckpt.load_optimizer(opt, tensors, out)
         step, seconds, log, (loss_sum, n) = meta["step"], meta["seconds"], meta["log"], meta["window"]
     sources = parse_data(args.data)
-    run = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-           "weights": [w for _, w in sources]}  # what a resume must repeat for the run to be the same run
-    if meta is not None and "run" in meta:
-        check_same_run(out, meta["run"], run)
     data = BCData(sources, cfg.chunk)
-    run["data_sha"] = data.digests
+    run = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+           "weights": [w for _, w in sources], "data_sha": data.digests}  # what a resume must repeat
     if meta is not None and "run" in meta:
-        check_same_run(out, meta["run"], run)
+        ckpt.check_same_run(out, meta["run"], run, RUN_FLAGS)
     elif meta is not None:
         print(f"[dva.bc] {out} predates the resume check: recording this command's flags and data", flush=True)
     names = ", ".join(f"{d} ({n} x {w:g})" for (d, w), n in zip(sources, data.sizes))

@@ -151,6 +151,15 @@ def load_into(module: torch.nn.Module, state: dict, where: str, fresh: tuple[str
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
+def check_same_run(path, saved: dict, mine: dict, flags: dict[str, str]) -> None:
+    """A resume continues the run that was started: every key of `flags` (key -> the flag that sets
+    it) must equal what the checkpoint recorded. Raises CheckpointError naming the file and flags."""
+    diff = [f"{flag} {saved[k]} vs {mine[k]}" for k, flag in flags.items() if k in saved and saved[k] != mine[k]]
+    if diff:
+        raise CheckpointError(f"{path}: this run was started with other training flags ({'; '.join(diff)}); re-run "
+                              f"the command that started it, or start a new run from its weights with --init")
+
+
 def config_diff(a: dict, b: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

@@ -165,20 +165,11 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
     return meta
 
 
-# the TrainConfig fields that make a run what it is: a resume must repeat them (--out, --stop-after,
-# --device, --threads, logging and validation cadence may change)
-RUN_FIELDS = ("model", "data", "mix", "seq_len", "batch_size", "steps", "lr", "warmup", "min_lr_frac",
-              "weight_decay", "grad_clip", "ema", "seed", "val_fraction")
-
-
-def check_same_run(path, saved: dict, mine: dict) -> None:
-    """--resume continues the run that was started: the same data, mix, schedule, batch and seed
-    (another --steps would silently bend the LR schedule, another --data change the data mid-run)."""
-    diff = [f"--{k.replace('_', '-')} {saved[k]} vs {mine[k]}" for k in RUN_FIELDS if k in saved and saved[k] != mine[k]]
-    if diff:
-        raise ckpt.CheckpointError(f"{ckpt.paths(path)[0]}: this run was started with other training flags "
-                                   f"({'; '.join(diff)}); re-run the command that started it, or start a new run "
-                                   f"from its weights with --init")
+# the TrainConfig fields that make a run what it is: --resume must repeat them (--out, --stop-after,
+# --device, --threads, logging and validation cadence may change; another --steps would bend the schedule)
+RUN_FLAGS = {k: f"--{k.replace('_', '-')}" for k in ("model", "data", "mix", "seq_len", "batch_size", "steps", "lr",
+                                                       "warmup", "min_lr_frac", "weight_decay", "grad_clip", "ema",
+                                                       "seed", "val_fraction")}
 
 
 def meta_for(cfg: TrainConfig, mcfg: DVAConfig, step: int, data_mix: dict, metrics: dict | None = None) -> dict:
@@ -245,7 +236,7 @@ def _train(cfg: TrainConfig) -> dict:
     if resume:
         path = out / "ckpt" if resume == "auto" else resume
         meta = load_state(path, model, ema, opt, mcfg)
-        check_same_run(path, meta.get("train", {}), dataclasses.asdict(cfg))
+        ckpt.check_same_run(ckpt.paths(path)[0], meta.get("train", {}), dataclasses.asdict(cfg), RUN_FLAGS)
         step = int(meta["step"])
     elif cfg.init:
         meta = load_state(cfg.init, model, ema, None, mcfg)
