@@ -23,7 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from head_diag import W, windows  # noqa: E402
+from head_diag import contexts, windows  # noqa: E402
+from safetensors.torch import load_file, save  # noqa: E402
+
+from dva.data.store import atomic_write_bytes  # noqa: E402
 
 from dva.policy import load_planner  # noqa: E402
 from dva.pusht.render import render_frames  # noqa: E402
@@ -41,18 +44,13 @@ def load(root, stride):
     contexts there (cached under runs/fine_head/) and the expert's a_t."""
     ds, idx, act, *_ = windows(root, stride, 2)
     frames = render_frames(torch.from_numpy(ds.states))
-    cache = Path(f"runs/fine_head/{Path(root).name}_s{stride}.pt")
+    cache = Path(f"runs/fine_head/{Path(root).name}_s{stride}.safetensors")
     if cache.exists():
-        ctx = torch.load(cache)
+        ctx = load_file(cache)["contexts"]
     else:
-        ctx = []
-        for b in range(0, len(idx), 64):
-            x = frames[torch.as_tensor(idx[b:b + 64])].permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-            c = model.context(x).tokens
-            ctx.append(c.reshape(len(x), W, -1)[:, 2:].reshape(-1, c[0].numel()).half())
-        ctx = torch.cat(ctx)
+        ctx = contexts(model, frames, idx, 2).half()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ctx, cache)
+        atomic_write_bytes(cache, lambda f: f.write(save({"contexts": ctx})))
     return frames, torch.from_numpy(idx[:, 2:].reshape(-1)), ctx, torch.from_numpy(act).float()
 
 
