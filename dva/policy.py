@@ -72,7 +72,7 @@ class DVAPlanner:
         """A new episode: empty cache, no frame history, noise seeded by `seed`."""
         self.cache = self.model.init_cache(1, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        self._ctx = None  # context of the last real frame
+        self._ctx = self._pctx = None  # contexts of the last real frame and of the one before
         self._prev = self._cur = None  # last two real frames, float (1, 3, 96, 96)
         self.frames_seen = 0
 
@@ -83,7 +83,8 @@ class DVAPlanner:
             raise ValueError(f"DVAPlanner.observe wants a uint8 (96, 96, 3) frame, got "
                              f"{getattr(frame, 'dtype', type(frame))} {getattr(frame, 'shape', '')}")
         x = self.model.from_frames(torch.from_numpy(frame).to(self.device)[None])  # (1, 3, 96, 96)
-        self._ctx = self.model.observe(self.cache, x)
+        ctx = self.model.observe(self.cache, x)
+        self._pctx, self._ctx = (ctx if self._ctx is None else self._ctx), ctx  # first frame: its own
         self._prev = x if self._cur is None else self._cur  # first frame: no motion seen yet
         self._cur = x
         self.frames_seen += 1
@@ -111,10 +112,10 @@ class DVAPlanner:
         t0 = time.perf_counter()
         m, dev = self.model, self.device
         mark = self.cache.mark(horizon - 1)  # saves just the slots the scratch frames overwrite
-        ctx, prev, cur = self._ctx, self._prev, self._cur
+        ctx, pctx, prev, cur = self._ctx, self._pctx, self._prev, self._cur
         frames, actions = [], []
         # a_{t+j} off the real frame's context for j < intent_steps (one head evaluation per plan)
-        real_intent = m.intent(ctx) if self.free_action == "intent" else None
+        real_intent = m.intent(ctx, pctx) if self.free_action == "intent" else None
         last_action = None if executed is None else torch.as_tensor(
             np.asarray(executed, dtype=np.float32).reshape(1, 2), device=dev)
         try:
@@ -124,13 +125,13 @@ class DVAPlanner:
                 elif self.free_action == "prev" and j > 0:
                     cond = last_action
                 elif self.free_action == "intent":  # then off the frame it is dreamed from
-                    cond = (real_intent[:, j] if j < m.cfg.intent_steps else m.intent(ctx)[:, 0]).clamp(
+                    cond = (real_intent[:, j] if j < m.cfg.intent_steps else m.intent(ctx, pctx)[:, 0]).clamp(
                         ACTION_LOW, ACTION_HIGH)
                 else:
                     cond = None
                 noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
                 # (1, 3, 96, 96), observed as a scratch entry (rolled back below) unless it is the last
-                nxt, ctx = m.dream(self.cache, ctx, action=cond, steps=self.sample_steps, noise=noise,
+                nxt, nctx = m.dream(self.cache, ctx, action=cond, steps=self.sample_steps, noise=noise,
                                    observe=j + 1 < horizon, prev_action=last_action)
                 if j < n:
                     a = cond
@@ -139,7 +140,7 @@ class DVAPlanner:
                 frames.append(m.to_frames(nxt).cpu().numpy()[0])  # once per frame: early plans reuse it
                 actions.append(a)
                 last_action = a
-                prev, cur = cur, nxt
+                prev, cur, pctx, ctx = cur, nxt, ctx, nctx
                 if early is not None and j >= n and j + 1 < horizon:
                     early(self._as_plan(start, frames, actions, committed, t0))
         finally:

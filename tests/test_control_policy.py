@@ -192,6 +192,31 @@ def test_intent_conditions_the_free_dream_on_the_action_head():
     assert DVAPlanner(model, idm, cfg=PlannerConfig(free_action="none")).free_action == "none"
 
 
+def test_intent_maps_read_the_frame_before_real_or_dreamed():
+    """intent_maps: the head also reads the encoder maps of the frame before. A 2-frame plan after two
+    real frames is, bitwise, the one made by hand with the first free action read off (real frame 1,
+    real frame 0) and the second off (dreamed frame, real frame 1), each with the planner's noise."""
+    model, idm = generic(6, action_aux=1.0, intent_maps=True, free_action="intent")
+    planner = DVAPlanner(model, idm)
+    planner.reset(3)
+    f = frames(2)
+    for fr_ in f:
+        planner.observe(fr_)
+    plan = planner.plan(0, np.zeros((0, 2)), 2)
+    with torch.no_grad():
+        cache, gen = model.init_cache(1, "cpu"), torch.Generator().manual_seed(3)
+        x0, x1 = (model.from_frames(torch.from_numpy(g)[None]) for g in f)
+        c0, c1 = model.observe(cache, x0), model.observe(cache, x1)
+        assert not torch.equal(model.intent(c1, c0), model.intent(c1))  # the frame before matters
+        steps = planner.sample_steps
+        d1, cd = model.dream(cache, c1, model.intent(c1, c0)[:, 0].clamp(0, 512), steps,
+                             noise=torch.randn((1, 3, 96, 96), generator=gen))
+        a = idm(x0, x1, d1).float().clamp(0, 512)
+        d2, _ = model.dream(cache, cd, model.intent(cd, c1)[:, 0].clamp(0, 512), steps,
+                            noise=torch.randn((1, 3, 96, 96), generator=gen), observe=False, prev_action=a)
+    np.testing.assert_array_equal(plan.frames, model.to_frames(torch.cat([d1, d2])).numpy())
+
+
 def test_intent_steps_take_the_first_free_frames_action_off_the_real_frame():
     """intent_steps = 2, a delay-1 plan (one committed action, then one free frame): the free frame's
     action is the head's a_{t+1} read off the real frame's context, so changing the head's a_t rows

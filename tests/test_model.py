@@ -731,6 +731,40 @@ def test_action_aux_adds_the_heads_l1_on_the_context():
         tiny(action_aux=-1.0)
 
 
+def test_intent_maps_reads_the_encoder_maps_of_frames_t_minus_1_and_t():
+    """DVAConfig.intent_maps: the head adds a conv of the encoder's second-level maps of frames t-1
+    and t (frame 0: itself twice) into its hidden layer. It starts as the head without it (the last
+    layer is zero); with weights, the loss is the L1 of that head by hand, the conv and the encoder
+    get its gradient, and intent(ctx, prev) reads prev's maps."""
+    m1, x, act, l1, l0 = _with_and_without_head(action_aux=1.0)
+    torch.manual_seed(1)
+    m2 = DVA(tiny(action_aux=1.0, intent_maps=True)).eval()
+    m2.load_state_dict(m1.state_dict(), strict=False)
+    torch.testing.assert_close(m2(x, act, generator=torch.Generator().manual_seed(3)), l1)  # zero-initialised
+    with torch.no_grad():
+        m2.intent_conv[-1].weight.normal_(0.0, 0.05)
+    loss = m2(x, act, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ctx = m2.context(x[:, :-1])
+        maps = ctx.feats[1].view(2, 3, *ctx.feats[1].shape[1:])
+        errs = []
+        for t in range(3):
+            pair = torch.cat([maps[:, max(t - 1, 0)], maps[:, t]], dim=1)
+            h = m2.action_head[0](ctx.tokens.view(2, 3, -1)[:, t]) + m2.intent_conv(pair)
+            errs.append((m2.action_head[2](m2.action_head[1](h)) - norm_action(act[:, t])).abs())
+        head_loss = torch.stack(errs).mean()
+        a, b = m2.context(x[:, :1]), m2.context(x[:, 1:2])
+        by_hand = m2.action_head[2](m2.action_head[1](
+            m2.action_head[0](b.tokens.flatten(1)) + m2.intent_conv(torch.cat([a.feats[1], b.feats[1]], 1))))
+        torch.testing.assert_close(m2.intent(b, a), denorm_action(by_hand).view(-1, 1, 2))
+        assert not torch.allclose(m2.intent(b, a), m2.intent(b))
+    torch.testing.assert_close(loss - l0, head_loss, rtol=1e-4, atol=1e-6)
+    loss.backward()
+    assert m2.intent_conv[0].weight.grad.abs().sum() > 0 and m2.encoder.blocks[1].c2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="intent_maps"):
+        tiny(intent_maps=True)
+
+
 def test_intent_steps_reads_the_next_k_actions_where_the_sequence_has_them():
     """DVAConfig.intent_steps = K: the head reads a_t .. a_{t+K-1} off the context of frame t; its
     loss is the L1 over the actions the sequence holds (a_{t+k} for t + k <= L - 1), checked by a

@@ -180,6 +180,12 @@ def test_init_starts_a_new_run_from_weights(dataset, tmp_path, capsys):
     tp, mp = ckpt.read(tmp_path / "p" / "ckpt")
     assert mp["config"]["prev_action"] and mp["config"]["policy_loss"] == 0.5 and "ema.decoder.null_prev" in tp
     assert (tp["ema.decoder.stem.weight"] - ta["ema.decoder.stem.weight"]).abs().max() <= 1.5 * lr
+    # --action-aux --intent-maps adds the action head and its (zero-initialised) convs on the encoder maps
+    assert main(args(dataset, tmp_path / "i", *common, "--stop-after", "1", "--init", str(tmp_path / "a" / "ckpt"),
+                     "--action-aux", "1", "--intent-maps")) == 0
+    ti, mi = ckpt.read(tmp_path / "i" / "ckpt")
+    assert mi["config"]["intent_maps"] and "ema.intent_conv.0.weight" in ti and "model.action_head.0.weight" in ti
+    assert (ti["ema.decoder.stem.weight"] - ta["ema.decoder.stem.weight"]).abs().max() <= 1.5 * lr
     capsys.readouterr()
     assert main(args(dataset, tmp_path / "c", *common, "--init", str(tmp_path / "w" / "ckpt"))) == 2
     assert "warp: True vs False" in capsys.readouterr().err  # the head is never dropped silently

@@ -92,6 +92,12 @@ class DVAConfig:
     intent_steps: int = opt(1, "actions the action head reads off the context of frame t: a_t .. a_{t+K-1} (with "
                                "free_action 'intent' the first K frames a plan dreams take their action from the "
                                "last real frame's context)")
+    # Why intent_maps: the head reads a_t off the trunk's context at ~9.7 px where BC reads it off two
+    # frames at 8.4; a small conv on the encoder's finer map of frames t-1, t beside the context got
+    # 8.56 (docs/policy.md, stop 39): the trunk's tokens lose the precision the last pushes need
+    intent_maps: bool = opt(False, "the action head also reads the encoder's second-level feature maps of frame t "
+                                   "and frame t-1 through two stride-2 convs (needs action_aux; --init may add it, "
+                                   "zero-initialised)")
     # Autoregressive dreams feed the model its own slightly wrong frames; trained on clean frames
     # only, `s` turned the T into a noisy cloud from the second dream step (docs/history.md)
     self_forcing: float = opt(0.0, "P(a context frame is replaced by the model's own 1-step prediction of it) "
@@ -163,6 +169,9 @@ class DVAConfig:
         if not 1 <= self.intent_steps <= 16 or (self.intent_steps > 1 and not self.action_aux):
             raise ValueError(f"intent_steps must be in [1, 16] and > 1 only with action_aux > 0, got "
                              f"{self.intent_steps} (action_aux={self.action_aux})")
+        if self.intent_maps and (not self.action_aux or len(self.enc_ch) < 2):
+            raise ValueError(f"intent_maps needs action_aux > 0 (the action head) and >= 2 encoder levels, got "
+                             f"action_aux={self.action_aux}, enc_ch={self.enc_ch}")
         if self.free_action not in FREE_ACTIONS or (self.free_action == "intent" and not self.action_aux):
             raise ValueError(f"free_action must be one of {FREE_ACTIONS}, and 'intent' needs action_aux > 0 (the "
                              f"action head), got {self.free_action!r} (action_aux={self.action_aux})")

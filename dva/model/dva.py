@@ -46,6 +46,14 @@ class DVA(nn.Module):
         n = cfg.d_model * cfg.tokens_per_frame
         self.action_head = (nn.Sequential(nn.Linear(n, 512), nn.SiLU(), nn.Linear(512, 2 * cfg.intent_steps))
                             if cfg.action_aux else None)
+        # DVAConfig.intent_maps: two stride-2 convs on the encoder's second-level maps of frames t-1 and
+        # t, added into the head's hidden layer; the last layer starts at zero (the head as it was)
+        self.intent_conv = None
+        if cfg.intent_maps:
+            c, s = cfg.enc_ch[1], cfg.img // 16
+            self.intent_conv = nn.Sequential(nn.Conv2d(2 * c, 96, 3, 2, 1), nn.SiLU(), nn.Conv2d(96, 128, 3, 2, 1),
+                                             nn.SiLU(), nn.Flatten(), nn.Linear(128 * s * s, 512))
+            nn.init.zeros_(self.intent_conv[-1].weight), nn.init.zeros_(self.intent_conv[-1].bias)
 
     # ---- conversions (one home: dva.model.frames) ------------------------------------------
     @staticmethod
@@ -148,12 +156,27 @@ class DVA(nn.Module):
         w = (1 - tau[free]).view(-1, 1)
         return ((read.float() - act[free]).abs() * w).sum() / (w.sum() * 2).clamp_min(1e-6)
 
+    def _head(self, ctx: Context, prev_maps=None):
+        """The action head on a context (B, ...) -> (B, 2K) in [-1, 1]. With cfg.intent_maps it also
+        reads the encoder's second-level maps of the context's frame and of prev_maps (B, c, h, w),
+        the frame before (None: the frame itself, as at an episode's first frame)."""
+        if self.intent_conv is None:
+            return self.action_head(ctx.tokens.flatten(1))
+        cur = ctx.feats[1]
+        maps = torch.cat([cur if prev_maps is None else prev_maps, cur], dim=1)
+        h = self.action_head[0](ctx.tokens.flatten(1)) + self.intent_conv(maps)
+        return self.action_head[2](self.action_head[1](h))
+
     def _intent_loss(self, ctx, actions):
         """L1 of the action head's a_t .. a_{t+K-1} (K = cfg.intent_steps) off the context of each
         frame t against the data's, over the actions the sequence holds (actions (B, L, 2) px)."""
         B, L = actions.shape[:2]
         K = self.cfg.intent_steps
-        pred = self.action_head(ctx.tokens.flatten(1)).float().view(B, L - 1, K, 2)
+        prev = None
+        if self.intent_conv is not None:  # frame t-1's maps within each sequence (frame 0: its own)
+            m = ctx.feats[1].view(B, L - 1, *ctx.feats[1].shape[1:])
+            prev = torch.cat([m[:, :1], m[:, :-1]], dim=1).flatten(0, 1)
+        pred = self._head(ctx, prev).float().view(B, L - 1, K, 2)
         act = fr.norm_action(actions, self.cfg.action_range)  # (B, L, 2)
         idx = torch.arange(L - 1, device=act.device)[:, None] + torch.arange(K, device=act.device)  # (L-1, K)
         valid = (idx < L).float()[None, :, :, None]  # a_{t+k} past the sequence's last action is not known
@@ -256,14 +279,15 @@ class DVA(nn.Module):
         last = [f.view(B, T, *f.shape[1:])[:, -1] for f in feats]
         return Context(out.view(B, T, N, -1)[:, -1], last, frames[:, -1])
 
-    def intent(self, ctx: Context) -> torch.Tensor:
+    def intent(self, ctx: Context, prev: Context | None = None) -> torch.Tensor:
         """The actions the model expects out of the context's frame and the K - 1 after it, read
         by the action head (DVAConfig.action_aux, intent_steps = K): (B, K, 2) in the data's
         units. What a free dream can be conditioned on (PlannerConfig.free_action='intent'), so
-        that it renders one future, not the median of all of them."""
+        that it renders one future, not the median of all of them. prev: the context of the frame
+        before (real or dreamed), which a head with cfg.intent_maps reads too; None: none yet."""
         if self.action_head is None:
             raise ValueError("this model has no action head (DVAConfig.action_aux = 0): it has no intent to read")
-        a = self.action_head(ctx.tokens.flatten(1)).view(-1, self.cfg.intent_steps, 2)
+        a = self._head(ctx, None if prev is None else prev.feats[1]).view(-1, self.cfg.intent_steps, 2)
         return fr.denorm_action(a, self.cfg.action_range)
 
     def velocity(self, x_tau, tau, ctx: Context, action=None):
