@@ -53,6 +53,9 @@ def contexts(model, frames, idx, first):
 
 def head_px(model, ctx):
     """The head's a_t (n, 2) px off contexts (n, N*D) (the inverse of its [-1, 1] target units)."""
+    if model.intent_conv is not None:
+        raise SystemExit("this head also reads the encoder's maps (intent_maps), which cached contexts lack: "
+                         "dva/experiments/fine_head.py reports its held-out a_t")
     with torch.no_grad():
         return ((model.action_head(ctx.float()).view(len(ctx), -1, 2)[:, 0] + 1) * 256).numpy()
 
@@ -103,7 +106,7 @@ def parked(seed, ckpt):
     policy = DVAPolicy(checkpoint=ckpt)
     model, readings = policy.planner.model, []
     intent = model.intent
-    model.intent = lambda ctx: readings.append(intent(ctx)[0, 0].double().numpy()) or intent(ctx)
+    model.intent = lambda ctx, prev=None: readings.append(intent(ctx, prev)[0, 0].double().numpy()) or intent(ctx, prev)
     env = make_env()
     obs, _ = env.reset(seed)
     policy.reset(seed)
