@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from head_diag import contexts, windows  # noqa: E402
@@ -45,7 +44,7 @@ frozen = load_planner(base, "cpu")[0].model.eval()
 model = DVA(dataclasses.replace(frozen.cfg, intent_maps=True)).eval()
 missing = model.load_state_dict(frozen.state_dict(), strict=False).missing_keys
 assert all(k.startswith("intent_conv.") for k in missing), missing
-enc, N = model.encoder, model.cfg.tokens_per_frame
+N = model.cfg.tokens_per_frame
 # the contexts depend on the encoder's and the transformer's weights only (heads and decoder aside)
 tag = hashlib.sha256(b"".join(v.float().numpy().tobytes() for k, v in sorted(frozen.state_dict().items())
                               if k.startswith(("encoder.", "transformer.")))).hexdigest()[:12]
@@ -72,7 +71,7 @@ def load(root, stride):
 def maps(frames, t):
     """The frozen encoder's second-level maps (feats[1]) of frames t-1 and t: two (B, c, h, w)."""
     x = frames[torch.cat([t - 1, t])].permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    m = enc.blocks[1](enc.downs[0](enc.blocks[0](enc.stem(F.pixel_unshuffle(x, 2)))))
+    m = model.encoder.maps(x, 2)[1]
     return m[:len(t)], m[len(t):]
 
 
@@ -89,8 +88,11 @@ def px(data):
     return round(((p + 1) * 256 - act).norm(dim=-1).mean().item(), 2)
 
 
+base_tensors, base_meta = ckpt.read(base)
+
+
 def write(step, test_px):
-    tensors, meta = ckpt.read(base)
+    tensors, meta = base_tensors, base_meta
     dtype = tensors["model.action_head.0.weight"].dtype
     sd = {f"model.{k}": v.to(dtype) for k, v in model.state_dict().items() if k.startswith(("action_head.", "intent_conv."))}
     meta = {k: v for k, v in meta.items() if k not in ("sha256", "tensors", "format", "version")}

@@ -32,15 +32,19 @@ class Encoder(nn.Module):
         self.to_tokens = nn.Conv2d(ch[-1], cfg.d_model, k, stride=k)
         self.tok_pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, cfg.d_model) * 0.02)
 
-    def forward(self, x):
-        """x: (B, 3, H, W) in [-1, 1] -> tokens (B, N, D), feats [ (B, c_i, H/2^(i+1), W/2^(i+1)) ]."""
+    def maps(self, x, levels: int | None = None):
+        """x: (B, 3, H, W) in [-1, 1] -> the feature maps [ (B, c_i, H/2^(i+1), W/2^(i+1)) ] of the
+        first `levels` levels (all by default: the decoder's skips)."""
         h = self.stem(F.pixel_unshuffle(x, 2))  # (B, c0, H/2, W/2)
         feats = []
-        for i, blk in enumerate(self.blocks):
-            h = blk(h)
+        for i, blk in enumerate(self.blocks[:levels]):
+            h = blk(h if i == 0 else self.downs[i - 1](h))
             feats.append(h)
-            if i < len(self.downs):
-                h = self.downs[i](h)
-        t = self.to_tokens(self.out_norm(h))  # (B, D, g, g)
+        return feats
+
+    def forward(self, x):
+        """x: (B, 3, H, W) in [-1, 1] -> tokens (B, N, D), feats (maps())."""
+        feats = self.maps(x)
+        t = self.to_tokens(self.out_norm(feats[-1]))  # (B, D, g, g)
         t = t.flatten(2).transpose(1, 2)  # (B, N, D)
         return t + self.tok_pos, feats
