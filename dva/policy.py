@@ -72,8 +72,7 @@ class DVAPlanner:
         """A new episode: empty cache, no frame history, noise seeded by `seed`."""
         self.cache = self.model.init_cache(1, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        self._ctx = self._pctx = None  # contexts of the last real frame and of the one before
-        self._prev = self._cur = None  # last two real frames, float (1, 3, 96, 96)
+        self._ctx = self._pctx = None  # contexts of the last real frame and of the one before (their .frame)
         self.frames_seen = 0
 
     @torch.inference_mode()
@@ -84,9 +83,7 @@ class DVAPlanner:
                              f"{getattr(frame, 'dtype', type(frame))} {getattr(frame, 'shape', '')}")
         x = self.model.from_frames(torch.from_numpy(frame).to(self.device)[None])  # (1, 3, 96, 96)
         ctx = self.model.observe(self.cache, x)
-        self._pctx, self._ctx = (ctx if self._ctx is None else self._ctx), ctx  # first frame: its own
-        self._prev = x if self._cur is None else self._cur  # first frame: no motion seen yet
-        self._cur = x
+        self._pctx, self._ctx = (ctx if self._ctx is None else self._ctx), ctx  # first frame: no motion seen yet
         self.frames_seen += 1
 
     @torch.inference_mode()
@@ -112,7 +109,7 @@ class DVAPlanner:
         t0 = time.perf_counter()
         m, dev = self.model, self.device
         mark = self.cache.mark(horizon - 1)  # saves just the slots the scratch frames overwrite
-        ctx, pctx, prev, cur = self._ctx, self._pctx, self._prev, self._cur
+        ctx, pctx = self._ctx, self._pctx  # (real or dreamed) frames t and t-1 are their .frame
         frames, actions = [], []
         # a_{t+j} off the real frame's context for j < intent_steps (one head evaluation per plan)
         real_intent = m.intent(ctx, pctx) if self.free_action == "intent" else None
@@ -129,18 +126,18 @@ class DVAPlanner:
                         ACTION_LOW, ACTION_HIGH)
                 else:
                     cond = None
-                noise = torch.randn(cur.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
+                noise = torch.randn(ctx.frame.shape, generator=self.gen, device=dev)  # (1, 3, 96, 96)
                 # (1, 3, 96, 96), observed as a scratch entry (rolled back below) unless it is the last
                 nxt, nctx = m.dream(self.cache, ctx, action=cond, steps=self.sample_steps, noise=noise,
                                    observe=j + 1 < horizon, prev_action=last_action)
                 if j < n:
                     a = cond
                 else:
-                    a = self.idm(prev, cur, nxt).float().clamp(ACTION_LOW, ACTION_HIGH)  # (1, 2) pixels
+                    a = self.idm(pctx.frame, ctx.frame, nxt).float().clamp(ACTION_LOW, ACTION_HIGH)  # (1, 2) pixels
                 frames.append(m.to_frames(nxt).cpu().numpy()[0])  # once per frame: early plans reuse it
                 actions.append(a)
                 last_action = a
-                prev, cur, pctx, ctx = cur, nxt, ctx, nctx
+                pctx, ctx = ctx, nctx  # nctx.frame is nxt (None after the last frame)
                 if early is not None and j >= n and j + 1 < horizon:
                     early(self._as_plan(start, frames, actions, committed, t0))
         finally:

@@ -150,8 +150,8 @@ def load_state(path, model: Trainee, ema: Trainee, opt, mcfg: DVAConfig) -> dict
             fresh = fresh + ("action_head.",)
         elif mine["action_aux"] and saved["action_aux"]:  # its weight is a loss weight
             saved.pop("action_aux"), mine.pop("action_aux")
-        if mine["intent_maps"] and not saved.get("intent_maps"):  # ... or give the head the (zero-initialised) maps
-            saved.pop("intent_maps", None), mine.pop("intent_maps")
+        if mine["intent_maps"] and not saved["intent_maps"]:  # ... or give the head the (zero-initialised) maps
+            saved.pop("intent_maps"), mine.pop("intent_maps")
             fresh = fresh + ("intent_conv.",)
     diff = ckpt.config_diff(saved, mine)
     if diff:

@@ -56,7 +56,7 @@ class HeadPolicy:
             m = p.model
             mark = p.cache.mark(1)
             try:
-                noise = torch.randn(p._cur.shape, generator=p.gen)
+                noise = torch.randn(p._ctx.frame.shape, generator=p.gen)
                 cond = torch.from_numpy(a).float()[None]
                 _, ctx1 = m.dream(p.cache, p._ctx, action=cond, steps=p.sample_steps, noise=noise,
                                   observe=True, prev_action=self.prev)
